@@ -1,0 +1,14 @@
+"""Test set-up shared by every test: 8 simulated CPU devices and full fp32 matmuls.
+
+XLA_FLAGS must be set before JAX initialises its backend, hence at import time here.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
