@@ -19,13 +19,17 @@ CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
 
 
+# Everything a checkpoint holds: trainable parameters and fixed buffers, but not RNG state.
+WEIGHTS = nnx.Not(nnx.RngState)
+
+
 def path_name(path: tuple) -> str:
   return ".".join(str(p) for p in path)
 
 
 def flat_params(model: nnx.Module) -> dict[str, Any]:
-  """Dotted name -> parameter array for every nnx.Param of `model`."""
-  return {path_name(k): v.get_value() for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  """Dotted name -> array for every weight (parameters and buffers) of `model`."""
+  return {path_name(k): v.get_value() for k, v in nnx.to_flat_state(nnx.state(model, WEIGHTS))}
 
 
 def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
@@ -34,7 +38,7 @@ def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
 
 def assign_params(model: nnx.Module, params: dict[str, np.ndarray]) -> None:
   """Writes `params` (dotted names, complete and exactly shaped) into `model` in place."""
-  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  flat = nnx.to_flat_state(nnx.state(model, WEIGHTS))
   names = {path_name(k) for k, _ in flat}
   missing, extra = sorted(names - params.keys()), sorted(params.keys() - names)
   if missing or extra:
