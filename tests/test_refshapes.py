@@ -105,7 +105,11 @@ def referents(sentence, shapes, margin):
   d = {i: sign * (shapes[i]["centre"][axis] - shapes[l]["centre"][axis])
        for i in group if i != l}
   fits = [i for i in d if d[i] > 0]
-  return fits, all(abs(v) >= margin for v in d.values())
+  # clearly: nobody near the landmark's line, and the referent more along than across
+  across = {i: abs(shapes[i]["centre"][1 - axis] - shapes[l]["centre"][1 - axis])
+            for i in fits}
+  return fits, (all(abs(v) >= margin for v in d.values())
+                and all(d[i] >= 0.4 * across[i] for i in fits))
 
 
 def _digest(ex):
