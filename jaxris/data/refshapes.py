@@ -345,8 +345,10 @@ def _position(shapes, t, margin):
     if not others or min(abs(o - here) for o in others) < margin:
       continue
     rank = 1 + sum(o < here for o in others)
-    if rank == 1 or rank in _ORDINALS:
-      out.append(("position", rank, side, np_))
+    if rank == 1:
+      out.append(("extreme", side, np_))
+    elif rank in _ORDINALS:
+      out.append(("ordinal", rank, side, np_))
   return out
 
 
@@ -380,19 +382,20 @@ def _relation(shapes, t, margin):
 _FAMILIES = (_attribute, _superlative, _position, _relation)
 
 
-def _render_expression(expr, rng):
-  family = expr[0]
-  if family == "attribute":
-    return "the " + _say(expr[1], rng)
-  if family == "superlative":
-    return f"the {expr[1]} {_say(expr[2], rng)}"
-  if family == "position":
-    _, rank, side, np_ = expr
-    if rank == 1:
-      return f"the {_EXTREME_WORDS[side]} {_say(np_, rng)}"
-    return f"the {_ORDINALS[rank]} {_say(np_, rng)} from the {side}"
-  _, np_, rel, lnp = expr
-  return f"the {_say(np_, rng)} {_pick(rng, _RELATION_WORDS[rel])} the {_say(lnp, rng)}"
+# family -> sentence from the rest of the candidate tuple; synonyms drawn from rng
+_TEMPLATES = {
+    "attribute": lambda rng, np_: f"the {_say(np_, rng)}",
+    "superlative": lambda rng, word, np_: f"the {word} {_say(np_, rng)}",
+    "extreme": lambda rng, side, np_: f"the {_EXTREME_WORDS[side]} {_say(np_, rng)}",
+    "ordinal": lambda rng, rank, side, np_:
+        f"the {_ORDINALS[rank]} {_say(np_, rng)} from the {side}",
+    "relation": lambda rng, np_, rel, lnp:
+        f"the {_say(np_, rng)} {_pick(rng, _RELATION_WORDS[rel])} the {_say(lnp, rng)}",
+}
+
+
+def _render_expression(candidate, rng):
+  return _TEMPLATES[candidate[0]](rng, *candidate[1:])
 
 
 def _choose_sentences(shapes, t, margin, rng):
