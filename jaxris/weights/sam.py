@@ -13,6 +13,7 @@ import re
 import numpy as np
 from flax import nnx
 
+from jaxris.models.sam.image_encoder import ImageEncoderViT
 from jaxris.models.sam.sam import Sam, SamConfig, sam_config
 from jaxris.weights import store
 from jaxris.weights.mapping import (ConversionError, Rule, conv_kernel, conv_transpose_kernel, convert,
@@ -50,10 +51,15 @@ def infer_config(state_dict: dict[str, np.ndarray], variant: str | None = None) 
   variant = variant or _VARIANT_BY_WIDTH.get(width, "vit_b")
   blocks = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
   depth = len(blocks)
-  grid = int(state_dict["image_encoder.pos_embed"].shape[1]) if "image_encoder.pos_embed" in state_dict else 64
   overrides = dict(embed_dim=width, depth=depth, patch_size=patch)
   rel = {i: state_dict.get(f"image_encoder.blocks.{i}.attn.rel_pos_h") for i in blocks}
-  if all(r is not None for r in rel.values()) and rel:
+  if "image_encoder.pos_embed" in state_dict:
+    grid = int(state_dict["image_encoder.pos_embed"].shape[1])
+  else:
+    overrides["use_abs_pos"] = False
+    # Global blocks carry the largest relative-position tables (2 * grid - 1 rows).
+    grid = (max((int(r.shape[0]) for r in rel.values() if r is not None), default=127) + 1) // 2
+  if rel and all(r is not None for r in rel.values()):
     head_dim = int(next(iter(rel.values())).shape[1])
     overrides["num_heads"] = width // head_dim
     overrides["global_attn_indexes"] = tuple(i for i in blocks if rel[i].shape[0] == 2 * grid - 1)
@@ -102,6 +108,18 @@ def from_torch(state_dict, variant: str | None = None, dtype=None) -> Sam:
   sd = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in state_dict.items()}
   cfg, params = convert_state_dict(sd, variant=variant)
   return build(cfg, params, dtype)
+
+
+def encoder_from_torch(state_dict, dtype=None) -> ImageEncoderViT:
+  """The image encoder alone, from an official ``ImageEncoderViT.state_dict()``; strict."""
+  prefix = "image_encoder."
+  sd = {prefix + k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in state_dict.items()}
+  cfg = infer_config(sd)
+  shapes = {k: s for k, s in store.param_shapes(abstract_model(cfg)).items() if k.startswith(prefix)}
+  params = convert(sd, RULES, shapes, what="SAM image encoder state_dict")
+  encoder = ImageEncoderViT(cfg.encoder, rngs=nnx.Rngs(0), dtype=dtype)
+  store.assign_params(encoder, {k[len(prefix):]: v for k, v in params.items()})
+  return encoder
 
 
 def save(directory: str, cfg: SamConfig, params: dict[str, np.ndarray]) -> None:
