@@ -5,7 +5,7 @@ import torch
 from segment_anything.build_sam import _build_sam
 
 from jaxris.weights import sam as sam_weights
-from torch_random import randomize_
+from jaxris.weights.random_torch import randomize_
 
 
 def official_sam(embed_dim=96, depth=2, num_heads=4, global_attn_indexes=(1,), img_size=1024, seed=0):

@@ -14,7 +14,7 @@ from jaxris.models.sam.image_encoder import window_partition, window_unpartition
 from jaxris.weights import sam as sam_weights
 from parity import assert_close
 from sam_fixtures import nchw, nhwc
-from torch_random import randomize_
+from jaxris.weights.random_torch import randomize_
 
 
 def official_encoder(embed_dim, depth, num_heads, global_attn_indexes, img_size=1024, use_abs_pos=True, seed=0):

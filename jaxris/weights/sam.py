@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from jaxris.models.sam.image_encoder import ImageEncoderViT
-from jaxris.models.sam.sam import Sam, SamConfig, sam_config
+from jaxris.models.sam.sam import VARIANTS, Sam, SamConfig, sam_config
 from jaxris.weights import store
 from jaxris.weights.mapping import (ConversionError, Rule, conv_kernel, conv_transpose_kernel, convert,
                                     identity, linear_kernel)

@@ -1,0 +1,134 @@
+"""Predict masks for one image from the command line.
+
+  python -m jaxris.predict --weights weights/sam_vit_b --image photo.jpg --point 320,240 --out out/
+  python -m jaxris.predict --weights weights/sam_vit_b --image photo.jpg --box 10,20,300,400 --multimask --out out/
+
+Writes, for an image named S: S_mask.png (best mask, 0/255, original size), S_overlay.png (the
+mask drawn over the image), S_logits.npy (float32 [K, H, W] mask logits at the original size;
+K = 3 with --multimask, else 1) and S_scores.json (predicted IoU per mask). Coordinates are
+pixels of the original image, x to the right and y down. Bad input gives a one-line error and
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+class UsageError(Exception):
+  """Bad input from the user: reported on one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # one line instead of usage + message
+    raise UsageError(message)
+
+
+def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
+  try:
+    values = [float(v) for v in text.split(",")]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{what} '{text}' is not comma-separated numbers") from None
+  if len(values) not in counts or not all(np.isfinite(values)):
+    raise argparse.ArgumentTypeError(f"{what} '{text}' needs {' or '.join(map(str, counts))} finite numbers")
+  return values
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+  values = _numbers(text, (2, 3), "point")
+  label = 1 if len(values) == 2 else values[2]
+  if label not in (0, 1):
+    raise argparse.ArgumentTypeError(f"point '{text}': the label must be 1 (foreground) or 0 (background)")
+  return values[0], values[1], int(label)
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+  x0, y0, x1, y1 = _numbers(text, (4,), "box")
+  if not (x0 < x1 and y0 < y1):
+    raise argparse.ArgumentTypeError(f"box '{text}' must be X0,Y0,X1,Y1 with X0 < X1 and Y0 < Y1")
+  return x0, y0, x1, y1
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = _Parser(prog="python -m jaxris.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--weights", required=True, help="converted weights directory (python convert/sam.py ...)")
+  p.add_argument("--image", required=True, help="image file (any format PIL reads; converted to RGB)")
+  p.add_argument("--point", action="append", type=parse_point, default=[], metavar="X,Y[,LABEL]",
+                 help="a point prompt in pixels; LABEL 1 = foreground (default), 0 = background; repeatable")
+  p.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="a box prompt in pixels")
+  p.add_argument("--multimask", action="store_true", help="return SAM's 3 candidate masks (best one saved as the mask)")
+  p.add_argument("--out", required=True, help="output directory (created if missing)")
+  return p
+
+
+def _check_inside(args, height: int, width: int) -> None:
+  for x, y, _ in args.point:
+    if not (0 <= x <= width and 0 <= y <= height):
+      raise UsageError(f"point {x:g},{y:g} is outside the {width}x{height} image")
+  if args.box is not None:
+    x0, y0, x1, y1 = args.box
+    if not (0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height):
+      raise UsageError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is outside the {width}x{height} image")
+
+
+def write_outputs(out_dir: str, stem: str, image: np.ndarray, logits: np.ndarray, scores: np.ndarray) -> dict:
+  """Writes the four output files; returns their paths."""
+  from PIL import Image
+
+  from jaxris.visualize import overlay
+
+  os.makedirs(out_dir, exist_ok=True)
+  best = int(np.argmax(scores))
+  mask = logits[best] > 0.0
+  paths = {k: os.path.join(out_dir, f"{stem}_{k}") for k in ("mask.png", "overlay.png", "logits.npy", "scores.json")}
+  Image.fromarray((mask * 255).astype(np.uint8)).save(paths["mask.png"])
+  Image.fromarray(overlay(image, mask)).save(paths["overlay.png"])
+  np.save(paths["logits.npy"], logits.astype(np.float32))
+  with open(paths["scores.json"], "w") as f:
+    json.dump({"iou_predictions": [float(s) for s in scores], "best": best}, f, indent=2)
+  return paths
+
+
+def run(args) -> dict:
+  from jaxris.data.image_io import read_image
+  from jaxris.models.sam.predictor import SamPredictor
+  from jaxris.weights import sam as sam_weights
+
+  image = read_image(args.image)
+  _check_inside(args, image.shape[0], image.shape[1])
+  if not args.point and args.box is None:
+    raise UsageError("give at least one prompt: --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
+  predictor = SamPredictor(sam_weights.load(args.weights))
+  predictor.set_image(image)
+  kwargs = {}
+  if args.point:
+    kwargs["point_coords"] = np.array([p[:2] for p in args.point], np.float32)
+    kwargs["point_labels"] = np.array([p[2] for p in args.point], np.int32)
+  if args.box is not None:
+    kwargs["box"] = np.array(args.box, np.float32)
+  logits, scores, _ = predictor.predict(multimask_output=args.multimask, return_logits=True, **kwargs)
+  stem = os.path.splitext(os.path.basename(args.image))[0]
+  return write_outputs(args.out, stem, image, logits, scores)
+
+
+def main(argv=None) -> int:
+  from jaxris.data.image_io import ImageError
+
+  try:
+    args = build_parser().parse_args(argv)
+    paths = run(args)
+  except (UsageError, ImageError, FileNotFoundError, ValueError) as e:
+    print(f"jaxris.predict: error: {e}".splitlines()[0], file=sys.stderr)
+    return 2
+  for p in paths.values():
+    print(p)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
