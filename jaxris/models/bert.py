@@ -162,10 +162,20 @@ class _SelfAttention(nnx.Module):
     self.value = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
     self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, deterministic=True)
 
+  def _qkv(self, x):
+    # One matmul against the concatenated kernels instead of three: same numbers, and on CPU
+    # the wider matmul runs markedly faster. The parameters stay separate, as in PyTorch.
+    linears = (self.query, self.key, self.value)
+    kernel = jnp.concatenate([l.kernel[...] for l in linears], axis=1)
+    bias = jnp.concatenate([l.bias[...] for l in linears])
+    dtype = self.query.dtype or x.dtype
+    y = jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+    return jnp.split(y, 3, axis=-1)
+
   def __call__(self, x, key_mask, rngs=None):
     b, t, d = x.shape
     split = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)
-    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+    q, k, v = map(split, self._qkv(x))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (d // self.num_heads) ** -0.5
     # Padding keys get the most negative float, as transformers' extended attention mask does;
     # a row with no valid key at all then attends uniformly instead of producing NaN.
