@@ -40,6 +40,9 @@ class ImageEncoderConfig:
   use_rel_pos: bool = True
   window_size: int = 14
   global_attn_indexes: Sequence[int] = (2, 5, 8, 11)
+  # False: every block attends globally, windowed blocks keep their 2*window-1 relative-position
+  # tables (resized at run time). DIT's encoders run this way; SAM's default is True.
+  window_partition: bool = True
 
   @property
   def grid(self) -> int:
@@ -194,9 +197,10 @@ class ImageEncoderViT(nnx.Module):
       self.pos_embed = nnx.Param(jnp.zeros((1, cfg.grid, cfg.grid, cfg.embed_dim)))
     self.blocks = nnx.List([
         Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.use_rel_pos,
-              0 if i in cfg.global_attn_indexes else cfg.window_size, (cfg.grid, cfg.grid),
+              0 if is_global or not cfg.window_partition else cfg.window_size,
+              (cfg.grid, cfg.grid) if is_global else (cfg.window_size, cfg.window_size),
               rngs=rngs, dtype=dtype)
-        for i in range(cfg.depth)])
+        for is_global in (i in cfg.global_attn_indexes for i in range(cfg.depth))])
     self.neck = nnx.List([
         nnx.Conv(cfg.embed_dim, cfg.out_chans, (1, 1), use_bias=False, dtype=dtype, rngs=rngs),
         layer_norm(cfg.out_chans, 1e-6, rngs, dtype),
