@@ -25,11 +25,16 @@ def _source_coords(in_size: int, out_size: int) -> np.ndarray:
 def linear_matrix(in_size: int, out_size: int) -> np.ndarray:
   """[out, in] weights of 1-D linear interpolation (torch 'linear'/'bilinear')."""
   src = np.maximum(_source_coords(in_size, out_size), 0.0)  # torch clamps negative coords for linear
+  return _two_tap_matrix(src, in_size)
+
+
+def _two_tap_matrix(src: np.ndarray, in_size: int) -> np.ndarray:
+  """Linear interpolation weights at fractional source positions `src` (one row each)."""
   i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
   i1 = np.minimum(i0 + 1, in_size - 1)
   frac = src - i0
-  m = np.zeros((out_size, in_size))
-  rows = np.arange(out_size)
+  m = np.zeros((len(src), in_size))
+  rows = np.arange(len(src))
   np.add.at(m, (rows, i0), 1.0 - frac)
   np.add.at(m, (rows, i1), frac)
   return m
@@ -55,7 +60,15 @@ def cubic_matrix(in_size: int, out_size: int) -> np.ndarray:
   return m
 
 
-_MATRICES = {"linear": linear_matrix, "bilinear": linear_matrix, "bicubic": cubic_matrix}
+@functools.lru_cache(maxsize=64)
+def linear_matrix_align_corners(in_size: int, out_size: int) -> np.ndarray:
+  """[out, in] weights of linear interpolation with align_corners=True (nn.UpsamplingBilinear2d)."""
+  src = np.arange(out_size) * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+  return _two_tap_matrix(src, in_size)
+
+
+_MATRICES = {"linear": linear_matrix, "bilinear": linear_matrix, "bicubic": cubic_matrix,
+             "bilinear_align_corners": linear_matrix_align_corners}
 
 
 def resize_axis(x: jnp.ndarray, axis: int, size: int, method: str, matrix: np.ndarray | None = None):
