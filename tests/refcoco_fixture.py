@@ -82,6 +82,9 @@ def instances():
       dict(id=105, image_id=42, category_id=2, iscrowd=0, area=60.0,
            bbox=[16.0, 2.0, 14.0, 9.0],
            segmentation=[[16, 2, 30, 2, 30, 11, 16, 11]]),
+      dict(id=106, image_id=25, category_id=2, iscrowd=0, area=50.0,
+           bbox=[12.0, 8.0, 10.0, 10.0],
+           segmentation=[[12, 8, 22, 8, 22, 18, 12, 18]]),
   ]
   images = [dict(id=i, file_name="COCO_train2014_%012d.jpg" % i, height=h, width=w)
             for i, (h, w, _) in IMAGES.items()]
@@ -133,7 +136,7 @@ _GREFS = [
     (101, [-1], 9, [-1], "train", ["the cat"], True),
     (102, [104], 42, [3], "val", ["umbrella"], False),
     (103, [-1], 42, [-1], "testA", ["the horse on the left"], True),
-    (104, [103, 105], 25, [1, 2], "testB", ["everything"], False),
+    (104, [103, 106], 25, [1, 2], "testB", ["everything"], False),
 ]
 
 

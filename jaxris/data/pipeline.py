@@ -62,10 +62,12 @@ is counted exactly once (the official DIT/EVF loaders use torch's DistributedSam
 which instead repeats examples to even out the shards).
 """
 
+import atexit
 import dataclasses
 import math
 import re
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -274,17 +276,25 @@ def _jitter(img, cfg, rng):
 
 def _cubic_weights(in_size, out_size):
   """[out, in] matrix of PyTorch's bicubic interpolation (A = -0.75, align_corners=False,
-  no antialiasing, border taps clamped)."""
-  a = -0.75
-  scale = in_size / out_size
-  x = scale * (np.arange(out_size) + 0.5) - 0.5
+  no antialiasing, border taps clamped). Positions and coefficients are float32 as in
+  PyTorch's CPU kernel, whose position scale * (i + 0.5) - 0.5 is one fused multiply-add
+  (in float64 the positions move by ~1e-5 pixel and the output by ~1e-4)."""
+  f32 = np.float32
+  a = f32(-0.75)
+  scale = f32(in_size) / f32(out_size)
+  half = np.arange(out_size).astype(f32) + f32(0.5)
+  x = (np.float64(scale) * half.astype(np.float64) - 0.5).astype(f32)  # fma, one rounding.
   x0 = np.floor(x)
   t = x - x0
-  taps = (((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
-          ((a + 2) * t - (a + 3)) * t * t + 1,
-          ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
-          ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a)
-  weights = np.zeros((out_size, in_size))
+  one, two, five, eight, four = f32(1), f32(2), f32(5), f32(8), f32(4)
+  def far(x):  # |x| in [1, 2]
+    return ((a * x - five * a) * x + eight * a) * x - four * a
+
+  def near(x):  # |x| in [0, 1]
+    return ((a + two) * x - (a + f32(3))) * x * x + one
+
+  taps = (far(t + one), near(t), near(one - t), far((one - t) + one))
+  weights = np.zeros((out_size, in_size), np.float32)
   rows = np.arange(out_size)
   for k, w in enumerate(taps):
     cols = np.clip(x0.astype(int) - 1 + k, 0, in_size - 1)
@@ -414,6 +424,55 @@ def eval_positions(num_items: int, local_batch_size: int, process_index: int,
 # tf.data.
 
 
+class _ExitDrain:
+  """Lets the interpreter exit while a tf.data iterator of ours is still alive.
+
+  When a script ends with an unfinished iterator in a global variable, Python's
+  finalization destroys it, and TF's iterator destructor waits for the in-flight
+  numpy_function calls, which can no longer take the GIL: the process hangs. An atexit
+  hook (atexit runs before finalization, while threads still get the GIL) makes every
+  new call return a dummy element at once and waits until no call has been in flight
+  for a while; the pipeline's buffers are then full and it stays idle.
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._inflight = 0
+    self.exiting = False
+    self._registered = False
+
+  def register(self):
+    with self._lock:
+      if not self._registered:
+        atexit.register(self.drain)
+        self._registered = True
+
+  def enter(self) -> bool:
+    with self._lock:
+      self._inflight += 1
+      return not self.exiting
+
+  def leave(self):
+    with self._lock:
+      self._inflight -= 1
+
+  def drain(self, quiet_s=0.05, timeout_s=30.0):
+    self.exiting = True
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+      with self._lock:
+        idle = self._inflight == 0
+      now = time.monotonic()
+      quiet_since = (quiet_since or now) if idle else None
+      if quiet_since is not None and now - quiet_since >= quiet_s:
+        return
+      time.sleep(0.005)
+
+
+_EXIT_DRAIN = _ExitDrain()
+
+
 class _Tokenize:
   """Calls the tokenizer on one sentence at a time, under a lock, checking its output."""
 
@@ -522,10 +581,19 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
   }
   names = tuple(specs)
 
+  def padding():  # Evaluation padding: zeros, example_id -1, _mask False.
+    return tuple(np.full(shape, -1 if k == "example_id" else 0, dtype)
+                 for k, (dtype, shape) in specs.items())
+
   def load(position, counter):
-    if position < 0:  # Evaluation padding: zeros, example_id -1, _mask False.
-      return tuple(np.full(shape, -1 if k == "example_id" else 0, dtype)
-                   for k, (dtype, shape) in specs.items())
+    try:
+      if not _EXIT_DRAIN.enter() or position < 0:
+        return padding()
+      return load_example(position, counter)
+    finally:
+      _EXIT_DRAIN.leave()
+
+  def load_example(position, counter):
     ex_index, sentence_index = (int(v) for v in items[position])
     ex = examples[ex_index]
     rng = np.random.default_rng([seed, process_index, int(counter)]) if train else None
@@ -546,6 +614,7 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
                                stateful=False)
     return {k: tf.ensure_shape(v, specs[k][1]) for k, v in zip(names, values)}
 
+  _EXIT_DRAIN.register()
   start, stop = process_range(len(items), process_index, process_count)
   if train:
     if stop - start < local_batch:

@@ -283,6 +283,9 @@ def _example(ref, images, anns, image_dir, dataset, refs_path, instances_path):
   for ann_id in ann_ids:
     if ann_id not in anns:
       raise ValueError(f"{where}: ann_id {ann_id} is not in {instances_path}.")
+    if anns[ann_id].get("image_id") != ref["image_id"]:
+      raise ValueError(f"{where}: ann_id {ann_id} belongs to image "
+                       f"{anns[ann_id].get('image_id')}, not to the ref's {ref['image_id']}.")
     targets.append(anns[ann_id])
 
   rles = [_ann_rle(ann, height, width, f"{instances_path}: annotation {ann['id']}")
