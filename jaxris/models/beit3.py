@@ -248,7 +248,6 @@ class _VisionEmbedding(nnx.Module):
 
   def __init__(self, cfg: BEiT3Config, *, rngs: nnx.Rngs, dtype=None):
     p, d = cfg.patch_size, cfg.encoder_embed_dim
-    self.img_size, self.in_chans = cfg.img_size, cfg.in_chans
     # nn.Conv2d's default init (kaiming_uniform with a=sqrt(5): U(+-1/sqrt(fan_in))).
     self.proj = nnx.Conv(cfg.in_chans, d, kernel_size=(p, p), strides=(p, p), padding="VALID",
                          kernel_init=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
@@ -257,10 +256,7 @@ class _VisionEmbedding(nnx.Module):
     self.cls_token = nnx.Param(jnp.zeros((1, 1, d)))
 
   def __call__(self, images, masked_position=None):
-    b, h, w, c = images.shape
-    if (h, w, c) != (self.img_size, self.img_size, self.in_chans):
-      raise ValueError(f"images must be [B, {self.img_size}, {self.img_size}, {self.in_chans}] (NHWC), got "
-                       f"{images.shape}; resize to img_size first (EVF-SAM: bicubic to 224, mean=std=0.5)")
+    b = images.shape[0]
     x = self.proj(images)
     x = x.reshape(b, -1, x.shape[-1])
     if masked_position is not None:
@@ -282,6 +278,30 @@ class BEiT3(nnx.Module):
     self.vision_embed = _VisionEmbedding(config, rngs=rngs, dtype=dtype)
     self.encoder = _Encoder(config, rngs=rngs, dtype=dtype)
 
+  def _check_inputs(self, text_ids, images, text_mask, masked_position):
+    """Shape errors, raised before any compute."""
+    cfg = self.config
+    if text_ids is None and images is None:
+      raise ValueError("BEiT3 needs text_ids, images or both")
+    if images is not None and tuple(images.shape[1:]) != (cfg.img_size, cfg.img_size, cfg.in_chans):
+      raise ValueError(f"images must be [B, {cfg.img_size}, {cfg.img_size}, {cfg.in_chans}] (NHWC), got "
+                       f"{images.shape}; resize to img_size first (EVF-SAM: bicubic to 224, mean=std=0.5)")
+    if masked_position is not None:
+      if images is None or masked_position.shape != (images.shape[0], cfg.num_patches):
+        raise ValueError(f"vision_masked_position must be [B, {cfg.num_patches}] next to images, got "
+                         f"{masked_position.shape}")
+    if text_ids is None:
+      return
+    if text_ids.ndim != 2:
+      raise ValueError(f"text_ids must be [batch, length], got shape {text_ids.shape}")
+    if text_ids.shape[1] + POSITION_OFFSET > cfg.max_source_positions:
+      raise ValueError(f"text length {text_ids.shape[1]} exceeds the {cfg.max_source_positions - POSITION_OFFSET} "
+                       "positions of the text table; truncate the text (the tokenizer does)")
+    if text_mask is not None and text_mask.shape != text_ids.shape:
+      raise ValueError(f"text_mask shape {text_mask.shape} != text_ids shape {text_ids.shape}")
+    if images is not None and images.shape[0] != text_ids.shape[0]:
+      raise ValueError(f"images and text_ids have different batch sizes: {images.shape[0]} != {text_ids.shape[0]}")
+
   def __call__(self, text_ids=None, images=None, text_mask=None, *, vision_masked_position=None,
                rngs: nnx.Rngs | None = None) -> BEiT3Output:
     """text_ids int [B, T] and/or images float NHWC [B, H, W, C]; text_mask 1 = real token.
@@ -290,30 +310,18 @@ class BEiT3(nnx.Module):
     mask token) is BEiT's masked-image-modeling input; ``rngs`` (with a 'dropout' stream) is
     needed only in training mode with drop_path_rate > 0.
     """
-    if text_ids is None and images is None:
-      raise ValueError("BEiT3 needs text_ids, images or both")
+    self._check_inputs(text_ids, images, text_mask, vision_masked_position)
     parts, valid = [], []
     if images is not None:
-      x = self.vision_embed(images, vision_masked_position)
-      parts.append(x)
-      valid.append(jnp.ones(x.shape[:2], bool))
+      parts.append(self.vision_embed(images, vision_masked_position))
+      valid.append(jnp.ones(parts[-1].shape[:2], bool))
     if text_ids is not None:
-      if text_ids.ndim != 2:
-        raise ValueError(f"text_ids must be [batch, length], got shape {text_ids.shape}")
-      if text_ids.shape[1] + POSITION_OFFSET > self.config.max_source_positions:
-        raise ValueError(f"text length {text_ids.shape[1]} exceeds the {self.config.max_source_positions - 2} "
-                         "positions of the text table; truncate the text (the tokenizer does)")
-      if text_mask is not None and text_mask.shape != text_ids.shape:
-        raise ValueError(f"text_mask shape {text_mask.shape} != text_ids shape {text_ids.shape}")
       parts.append(self.text_embed(text_ids))
       valid.append(jnp.ones(text_ids.shape, bool) if text_mask is None else text_mask.astype(bool))
-    if images is not None and text_ids is not None and parts[0].shape[0] != parts[1].shape[0]:
-      raise ValueError(f"images and text_ids have different batch sizes: {parts[0].shape[0]} != {parts[1].shape[0]}")
-
     n_vision = parts[0].shape[1] if images is not None else 0
-    n_text = parts[-1].shape[1] if text_ids is not None else 0
-    x = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-    key_mask = jnp.concatenate(valid, axis=1) if len(valid) > 1 else valid[0]
+    n_text = text_ids.shape[1] if text_ids is not None else 0
+    x = jnp.concatenate(parts, axis=1)
+    key_mask = jnp.concatenate(valid, axis=1)
 
     x = x + self.encoder.embed_positions(n_vision, n_text).astype(x.dtype)
     x = x * key_mask[..., None].astype(x.dtype)  # torchscale zeroes padded positions here
@@ -323,3 +331,24 @@ class BEiT3(nnx.Module):
 
     split = -1 if text_ids is None else (0 if images is None else n_vision)
     return BEiT3Output(encoder_out=x, multiway_split_position=split)
+
+
+def abstract_model(config: BEiT3Config, dtype=None) -> BEiT3:
+  """``nnx.eval_shape(lambda: BEiT3(config, ...))`` in about a second, whatever the depth.
+
+  Under one eval_shape trace every RNG draw of flax 0.12 (``RngStream`` bumps its counter,
+  then compares shardings of tracers) makes JAX search and pretty-print the trace so far, so
+  one trace of a deep model is quadratic: a minute for BEiT-3 large. All layers have the same
+  shapes, so one layer is traced and copied; only the drop-path rate differs between copies.
+  Converters use this for parameter shapes and to build a model without a random init.
+  """
+  model = nnx.eval_shape(lambda: BEiT3(dataclasses.replace(config, encoder_layers=0), rngs=nnx.Rngs(0),
+                                       dtype=dtype))
+  layer = nnx.eval_shape(lambda: _EncoderLayer(config, 0.0, rngs=nnx.Rngs(0), dtype=dtype))
+  layers = []
+  for rate in np.linspace(0, config.drop_path_rate, config.encoder_layers):
+    layers.append(nnx.clone(layer))
+    layers[-1].drop_path.rate = float(rate)
+  model.encoder.layers = nnx.List(layers)
+  model.config = config
+  return model

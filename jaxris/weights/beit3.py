@@ -25,9 +25,7 @@ import re
 from typing import Mapping, Sequence
 
 import numpy as np
-from flax import nnx
-
-from jaxris.models.beit3 import POSITION_OFFSET, BEiT3, BEiT3Config
+from jaxris.models.beit3 import POSITION_OFFSET, BEiT3, BEiT3Config, abstract_model
 from jaxris.weights import store
 from jaxris.weights.mapping import ConversionError, Rule, conv_kernel, convert, identity, linear_kernel
 
@@ -109,10 +107,6 @@ def infer_config(state_dict: Mapping[str, np.ndarray], prefix: str = PREFIX,
                      patch_size=patch, in_chans=chans, max_source_positions=text_rows)
 
 
-def abstract_model(cfg: BEiT3Config) -> BEiT3:
-  return nnx.eval_shape(lambda: BEiT3(cfg, rngs=nnx.Rngs(0)))
-
-
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], prefix: str = PREFIX,
                        ignore: Sequence[str] = UNILM_HEADS, cfg: BEiT3Config | None = None,
                        num_heads: int | None = None) -> tuple[BEiT3Config, dict[str, np.ndarray]]:
@@ -130,20 +124,39 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], prefix: str = PREFI
 
 
 def read_checkpoint(path: str) -> dict[str, np.ndarray]:
-  """Reads a .pth (safely: weights_only; the state_dict under "model" or "module" if there)."""
+  """Reads a .pth (safely: weights_only; the state_dict under "model" or "module" if there).
+
+  Tensors become float32 numpy arrays (bf16/fp16 checkpoints too).
+  """
+  import argparse
+  import pickle
+
   import torch  # only the converter needs PyTorch
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+
+  # Training scripts (unilm utils.save_model) store their argparse.Namespace next to the
+  # weights; it is a plain attribute bag, so it is allowed on top of weights_only's tensors
+  # and containers. Anything else that is not plain data is refused by torch.load.
+  with torch.serialization.safe_globals([argparse.Namespace]):
+    try:
+      obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+      raise ConversionError(f"{path} holds objects that are not plain data, refused by torch.load("
+                            f"weights_only=True); re-save only its state_dict. torch says: {e}") from None
   for key in ("model", "module"):
     if isinstance(obj, dict) and isinstance(obj.get(key), dict):
       obj = obj[key]
       break
-  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-          for k, v in obj.items() if hasattr(v, "detach")}
+  if not isinstance(obj, dict):
+    raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+  not_tensors = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+  if not_tensors:
+    raise ConversionError(f"{path}: the state_dict has entries that are not tensors: {not_tensors}")
+  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in obj.items()}
 
 
 def build(cfg: BEiT3Config, params: Mapping[str, np.ndarray], dtype=None) -> BEiT3:
   """A BEiT3 holding `params`, without spending time on a random init first."""
-  model = nnx.eval_shape(lambda: BEiT3(cfg, rngs=nnx.Rngs(0), dtype=dtype))
+  model = abstract_model(cfg, dtype)
   store.assign_params(model, dict(params))
   return model
 
