@@ -44,6 +44,11 @@ class Rule:
   transform: Transform = identity
 
 
+def prefixed(rules: Sequence[Rule], source_prefix: str, target_prefix: str) -> list[Rule]:
+  """`rules` for a sub-model nested under `source_prefix` (PyTorch) / `target_prefix` (Flax)."""
+  return [Rule(re.escape(source_prefix) + r.source, target_prefix + r.target, r.transform) for r in rules]
+
+
 class ConversionError(ValueError):
   """Raised with every missing, unexpected and mis-shaped name listed."""
 

@@ -1,0 +1,84 @@
+"""Official DIT-SAM checkpoints (wysnzzzz/DIT, models/<variant>/net.py) -> jaxris RisSam.
+
+The official ``Net`` holds ``visual_encoder`` (SAM's ViT + ``probs.N`` / ``prob_text``),
+``prompt_encoder``, ``mask_decoder``, ``lang_encoder.bert`` (BERT) and ``text_proj``; jaxris
+mirrors those names, so the table is SAM's rules plus BERT's under ``lang_encoder.``. Released
+files are DDP dicts ``{"state_dict": {"module.<name>": ...}, ...}``: the wrapper and prefix are
+removed. Two tensors the official forward never reads (``query_embeddings`` and the
+``self_attention`` MultiheadAttention) are dropped by name. E-DIT and L-DIT checkpoints have the
+same tensors, so the scheme must be given.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from flax import nnx
+
+from jaxris.models.ris.default import RisConfig, RisSam
+from jaxris.weights import bert as bert_weights
+from jaxris.weights import sam as sam_weights
+from jaxris.weights import store
+from jaxris.weights.mapping import convert, prefixed
+
+FAMILY = "dit"
+RULES = prefixed(bert_weights.RULES, "lang_encoder.", "lang_encoder.") + sam_weights.RULES
+IGNORE = [r"query_embeddings", r"self_attention\..*"] + [r"lang_encoder\." + p for p in bert_weights.IGNORE]
+
+
+def unwrap(checkpoint: dict) -> dict[str, np.ndarray]:
+  """The model tensors of an official training checkpoint, without the DDP ``module.`` prefix."""
+  sd = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+  return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def infer_config(state_dict: dict[str, np.ndarray], scheme: str, bert: bert_weights.BertConfig | None = None,
+                 **overrides) -> RisConfig:
+  """Sizes from the tensor shapes: SAM variant, BERT size, extra decoder layers.
+
+  BERT's head count is not in its shapes: 64-wide heads (every BERT-base/large) are assumed
+  unless `bert` gives the config.
+  """
+  sam_cfg = sam_weights.infer_config({re.sub(r"^visual_encoder\.", "image_encoder.", k): v
+                                      for k, v in state_dict.items()})
+  layers = {int(m.group(1)) for k in state_dict if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))}
+  bert_layers = {int(m.group(1)) for k in state_dict if (m := re.match(r"lang_encoder\.bert\.encoder\.layer\.(\d+)\.", k))}
+  word = state_dict["lang_encoder.bert.embeddings.word_embeddings.weight"]
+  pos = state_dict["lang_encoder.bert.embeddings.position_embeddings.weight"]
+  types = state_dict["lang_encoder.bert.embeddings.token_type_embeddings.weight"]
+  inter = state_dict["lang_encoder.bert.encoder.layer.0.intermediate.dense.weight"]
+  hidden = int(word.shape[1])
+  bert = bert or bert_weights.BertConfig(vocab_size=int(word.shape[0]), hidden_size=hidden, num_hidden_layers=len(bert_layers),
+                                 num_attention_heads=max(hidden // 64, 1), intermediate_size=int(inter.shape[0]),
+                                 max_position_embeddings=int(pos.shape[0]), type_vocab_size=int(types.shape[0]),
+                                 add_pooling_layer="lang_encoder.bert.pooler.dense.weight" in state_dict)
+  return RisConfig(scheme=scheme, sam=sam_cfg, bert=bert,
+                   extra_decoder_layers=len(layers) - sam_cfg.decoder_depth, **overrides)
+
+
+def convert_state_dict(state_dict: dict[str, np.ndarray], cfg: RisConfig) -> dict[str, np.ndarray]:
+  abstract = nnx.eval_shape(lambda: RisSam(cfg, rngs=nnx.Rngs(0)))
+  params = convert(state_dict, RULES, store.param_shapes(abstract), ignore=IGNORE, what="DIT checkpoint")
+  return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in params.items()}
+
+
+def build(cfg: RisConfig, params: dict[str, np.ndarray], dtype=None) -> RisSam:
+  model = RisSam(cfg, rngs=nnx.Rngs(0), dtype=dtype)
+  store.assign_params(model, params)
+  return model
+
+
+def from_torch(state_dict, scheme: str, bert=None, dtype=None, **overrides) -> RisSam:
+  sd = unwrap({k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in state_dict.items()})
+  cfg = infer_config(sd, scheme, bert, **overrides)
+  return build(cfg, convert_state_dict(sd, cfg), dtype)
+
+
+def save(directory: str, cfg: RisConfig, params: dict[str, np.ndarray]) -> None:
+  store.save(directory, FAMILY, cfg.to_dict(), params)
+
+
+def load(directory: str, dtype=None) -> RisSam:
+  cfg, params = store.load(directory, FAMILY)
+  return build(RisConfig.from_dict(cfg), params, dtype)
