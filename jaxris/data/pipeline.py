@@ -528,7 +528,7 @@ def _check_examples(examples):
 def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_size: int, *,
                  train: bool, seed: int = 0, process_index: int | None = None,
                  process_count: int | None = None, train_sentences: str = "random",
-                 num_parallel_calls: int | None = None, prefetch: int = 2):
+                 num_parallel_calls: int | None = None, prefetch: int = 2, skip_batches: int = 0):
   """A tf.data.Dataset of batches (dicts; fields in the module docstring).
 
   Args:
@@ -547,6 +547,8 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
       each time it is seen (the DIT loader's way); "all": one item per sentence.
     num_parallel_calls: parallel per-example calls (default tf.data.AUTOTUNE).
     prefetch: batches to prefetch.
+    skip_batches: training only: start the stream this many batches in, without loading the
+      skipped examples (a resumed run continues exactly where the checkpoint left off).
   """
   import tensorflow as tf  # Host-only; keep TF away from any accelerator.
   tf.config.set_visible_devices([], "GPU")
@@ -627,6 +629,8 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
     positions = eval_positions(len(items), local_batch, process_index, process_count)
     ds = tf.data.Dataset.from_tensor_slices(positions)
   ds = ds.enumerate()  # The counter seeds each element's augmentation.
+  if train and skip_batches:
+    ds = ds.skip(skip_batches * local_batch)  # before the map: skipped examples are never loaded
   ds = ds.map(tf_load, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
               deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
