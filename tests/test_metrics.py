@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+import torch  # Before TensorFlow (see test_pipeline.py).
+import torch.nn.functional as F
 
 from jaxris import metrics
 
@@ -122,8 +124,6 @@ def test_restore_original_by_hand():
 
 
 def test_restore_original_matches_torch_bilinear_and_batches():
-  import torch
-  import torch.nn.functional as F
   rng = np.random.default_rng(0)
   pred = rng.standard_normal((3, 32, 32)).astype(np.float32)
   batch = {"orig_size": np.array([[45, 60], [7, 9], [0, 0]]),

@@ -7,6 +7,12 @@ import textwrap
 
 import numpy as np
 import pytest
+# The torch oracles are imported before anything imports TensorFlow: in this environment
+# importing triton (pulled in by torchvision) after TensorFlow crashes the interpreter.
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 import refcoco_fixture as fx
@@ -54,8 +60,6 @@ def synthetic(n, sentences_per_example, size=(12, 20)):
 def _torch_oracle_dit(image, mask, size=512):
   """DIT's eval transform: RandomResize([size]) on PIL (long side, Python round),
   ToTensor, Normalize(ImageNet), then NormalizeAndPad's centred zero padding."""
-  import torch
-  import torchvision.transforms.functional as TF
   img = Image.fromarray(image)
   msk = Image.fromarray(mask * 255)
   ratio = float(size / float(max(img.height, img.width)))
@@ -75,10 +79,6 @@ def _torch_oracle_dit(image, mask, size=512):
 def _torch_oracle_evf(image):
   """EVF-SAM: ResizeLongestSide(1024) + SAM normalisation + bottom/right pad; and the
   BEiT-3 view ToTensor -> Resize((224, 224), bicubic, antialias=None) -> Normalize(0.5)."""
-  import torch
-  import torch.nn.functional as F
-  import torchvision.transforms as T
-  import torchvision.transforms.functional as TF
   h, w = image.shape[:2]
   scale = 1024 * 1.0 / max(h, w)
   new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
@@ -329,14 +329,15 @@ def test_image_modes_are_converted(tmp_path):
 def test_script_with_a_live_training_iterator_exits(tmp_path):
   """A global, unfinished iterator must not hang the interpreter at exit."""
   script = tmp_path / "live.py"
-  script.write_text(textwrap.dedent(f"""
-      import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+  script.write_text(textwrap.dedent("""
       import numpy as np
-      from test_pipeline import char_tokenizer, synthetic
       from jaxris.data import pipeline
-      ds = pipeline.make_dataset(synthetic(4, [1] * 4), pipeline.preprocess_config(
-          "dit", size=16, train_sizes=(16,)), char_tokenizer, 2, train=True,
-          process_index=0, process_count=1)
+      tok = lambda texts: {"input_ids": np.zeros((len(texts), 4), np.int32)}
+      ex = {"image": np.zeros((8, 8, 3), np.uint8), "mask": np.zeros((8, 8), np.uint8),
+            "sentences": ["a"]}
+      ds = pipeline.make_dataset([ex] * 4, pipeline.preprocess_config(
+          "dit", size=16, train_sizes=(16,)), tok, 2, train=True, process_index=0,
+          process_count=1)
       it = ds.as_numpy_iterator()
       next(it)
       print("ok")

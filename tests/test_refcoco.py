@@ -215,3 +215,30 @@ def test_rle_mask_behaves_like_an_array(root):
   assert m.shape == (32, 32) and m.dtype == np.uint8 and m.ndim == 2
   assert np.asarray(m, np.float32).dtype == np.float32
   assert np.array_equal(m, np.asarray(m)) and "area=126" in repr(m)
+
+
+def test_tfds_builder_matches_read_split(tmp_path):
+  import tensorflow_datasets as tfds
+  from jaxris.data import refcoco_tfds
+  root = fx.write_root(str(tmp_path / "manual"), datasets=("grefcoco",))
+  builder = refcoco_tfds.RefCocoJaxris(config="grefcoco", data_dir=str(tmp_path / "tfds"))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+  assert {s: builder.info.splits[s].num_examples for s in refcoco.SPLITS["grefcoco"]} == {
+      "train": 2, "val": 1, "testA": 1, "testB": 1}
+  for split in ("train", "testB"):  # Multi-target, no-target, grayscale JPEG + crowd RLE.
+    want = {ex["ref_id"]: ex for ex in refcoco.read_split(root, "grefcoco", split)}
+    got = list(tfds.as_numpy(builder.as_dataset(split=split)))
+    assert sorted(int(ex["ref_id"]) for ex in got) == sorted(want)
+    for ex in got:
+      ref = want[int(ex["ref_id"])]
+      np.testing.assert_array_equal(ex["mask"][:, :, 0], np.asarray(ref["mask"]))
+      assert ex["image"].shape == (ref["height"], ref["width"], 3)
+      assert [s.decode() for s in ex["sentences"]] == ref["sentences"]
+      assert list(ex["ann_ids"]) == ref["ann_ids"] and bool(ex["no_target"]) == ref["no_target"]
+      np.testing.assert_allclose(ex["bbox"], ref["bbox"])
+  other = tmp_path / "other"  # A manual directory without the gRefCOCO files.
+  (other / "refcoco").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match=r"grefs\(unc\)\.json.*henghuiding/gRefCOCO"):
+    refcoco_tfds.RefCocoJaxris(config="grefcoco", data_dir=str(tmp_path / "t2")
+                               ).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(other)))
