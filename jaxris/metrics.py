@@ -35,18 +35,22 @@ PRECISION_THRESHOLDS = {f"P@{x:.1f}": float(_ARANGE[i])
                         for x, i in zip((0.5, 0.6, 0.7, 0.8, 0.9), (0, 2, 4, 6, 8))}
 
 
-def _linear_weights(in_size, out_size):
-  """[out, in] matrix of bilinear interpolation with half-pixel centres (align_corners=False),
-  no antialiasing, clamped at the borders (cv2 INTER_LINEAR / torch bilinear)."""
+def _linear_taps(in_size, out_size):
+  """Bilinear interpolation with half-pixel centres (align_corners=False), no antialiasing,
+  clamped at the borders (cv2 INTER_LINEAR / torch bilinear): for each output, two
+  source indices and the weight of the second."""
   x = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0)
-  x0 = np.minimum(np.floor(x).astype(int), in_size - 1)
+  x0 = np.minimum(np.floor(x).astype(np.int64), in_size - 1)
   x1 = np.minimum(x0 + 1, in_size - 1)
-  t = x - x0
-  weights = np.zeros((out_size, in_size))
-  rows = np.arange(out_size)
-  np.add.at(weights, (rows, x0), 1 - t)
-  np.add.at(weights, (rows, x1), t)
-  return weights
+  return x0, x1, (x - x0).astype(np.float32)
+
+
+def _bilinear_resize(x, out_h, out_w):
+  """float32 HxW -> out_h x out_w (widths first, then rows, as torch's kernel)."""
+  c0, c1, t = _linear_taps(x.shape[1], out_w)
+  x = x[:, c0] * (1 - t) + x[:, c1] * t
+  r0, r1, t = _linear_taps(x.shape[0], out_h)
+  return x[r0] * (1 - t)[:, None] + x[r1] * t[:, None]
 
 
 def _restore_one(pred, orig_size, resized_size, pad_offset):
@@ -58,11 +62,10 @@ def _restore_one(pred, orig_size, resized_size, pad_offset):
   if top < 0 or left < 0 or top + new_h > pred.shape[0] or left + new_w > pred.shape[1]:
     raise ValueError(f"Resized region {new_h}x{new_w} at ({top}, {left}) does not fit the "
                      f"prediction of shape {pred.shape}.")
-  crop = pred[top:top + new_h, left:left + new_w].astype(np.float64)
+  crop = pred[top:top + new_h, left:left + new_w].astype(np.float32)
   if (new_h, new_w) == (height, width):
-    return crop.astype(np.float32)
-  out = _linear_weights(new_h, height) @ crop @ _linear_weights(new_w, width).T
-  return out.astype(np.float32)
+    return crop
+  return _bilinear_resize(crop, height, width)
 
 
 def restore_original(pred, meta):

@@ -90,7 +90,7 @@ class PreprocessConfig:
   train_sizes: tuple[int, ...] = (512, 480, 448, 416, 384, 352, 320)  # Longest side, training.
   resize_rounding: str = "round"  # "round": Python round (DIT); "half_up": int(x + .5) (SAM).
   pad: str = "center"  # "center": DIT's round(d / 2 - 0.1) offsets; "bottom_right": SAM.
-  rescale: float = 1 / 255  # Pixels are multiplied by this before (x - mean) / std.
+  pixel_divisor: float = 255.0  # Pixels are divided by this (ToTensor) before (x - mean) / std.
   mean: tuple[float, float, float] = IMAGENET_MEAN
   std: tuple[float, float, float] = IMAGENET_STD
   mask_resample: str = "bilinear"  # "bilinear" (soft, official) or "nearest".
@@ -130,7 +130,7 @@ def _check_choice(name, value, choices):
 
 _NO_AUGMENTATION = dict(jitter_prob=0.0, blur_prob=0.0, flip_prob=0.0)
 _SAM = dict(size=1024, train_sizes=(1024,), resize_rounding="half_up", pad="bottom_right",
-            rescale=1.0, mean=SAM_PIXEL_MEAN, std=SAM_PIXEL_STD, **_NO_AUGMENTATION)
+            pixel_divisor=1.0, mean=SAM_PIXEL_MEAN, std=SAM_PIXEL_STD, **_NO_AUGMENTATION)
 RECIPES = {
     "dit": {},
     "sam": _SAM,
@@ -274,11 +274,12 @@ def _jitter(img, cfg, rng):
   return img
 
 
-def _cubic_weights(in_size, out_size):
-  """[out, in] matrix of PyTorch's bicubic interpolation (A = -0.75, align_corners=False,
-  no antialiasing, border taps clamped). Positions and coefficients are float32 as in
-  PyTorch's CPU kernel, whose position scale * (i + 0.5) - 0.5 is one fused multiply-add
-  (in float64 the positions move by ~1e-5 pixel and the output by ~1e-4)."""
+def _cubic_taps(in_size, out_size):
+  """PyTorch's bicubic interpolation (A = -0.75, align_corners=False, no antialiasing,
+  border taps clamped) as 4 source indices and weights per output: int [out, 4] and
+  float32 [out, 4]. Positions and coefficients are float32 as in PyTorch's CPU kernel,
+  whose position scale * (i + 0.5) - 0.5 is one fused multiply-add (in float64 the
+  positions move by ~1e-5 pixel and the output by ~1e-4)."""
   f32 = np.float32
   a = f32(-0.75)
   scale = f32(in_size) / f32(out_size)
@@ -287,29 +288,31 @@ def _cubic_weights(in_size, out_size):
   x0 = np.floor(x)
   t = x - x0
   one, two, five, eight, four = f32(1), f32(2), f32(5), f32(8), f32(4)
+
   def far(x):  # |x| in [1, 2]
     return ((a * x - five * a) * x + eight * a) * x - four * a
 
   def near(x):  # |x| in [0, 1]
     return ((a + two) * x - (a + f32(3))) * x * x + one
 
-  taps = (far(t + one), near(t), near(one - t), far((one - t) + one))
-  weights = np.zeros((out_size, in_size), np.float32)
-  rows = np.arange(out_size)
-  for k, w in enumerate(taps):
-    cols = np.clip(x0.astype(int) - 1 + k, 0, in_size - 1)
-    np.add.at(weights, (rows, cols), w)
-  return weights.astype(np.float32)
+  weights = np.stack([far(t + one), near(t), near(one - t), far((one - t) + one)], axis=1)
+  index = np.clip(x0.astype(np.int64)[:, None] + np.arange(-1, 3), 0, in_size - 1)
+  return index, weights.astype(f32)
+
+
+def _bicubic_resize(x, out_h, out_w):
+  """float32 HxWxC -> out_h x out_w x C like torch's bicubic (widths first, then rows)."""
+  index, weights = _cubic_taps(x.shape[1], out_w)
+  cols = sum(x[:, index[:, k]] * weights[None, :, k, None] for k in range(4))
+  index, weights = _cubic_taps(x.shape[0], out_h)
+  return sum(cols[index[:, k]] * weights[:, k, None, None] for k in range(4))
 
 
 def _evf_view(image, cfg):
   """EVF-SAM's BEiT-3 input: ToTensor, bicubic squash to evf_size^2, Normalize."""
-  height, width = image.shape[:2]
-  x = image.astype(np.float32) / 255
-  if (height, width) != (cfg.evf_size, cfg.evf_size):  # torchvision skips same-size resizes.
-    wh = _cubic_weights(height, cfg.evf_size)
-    ww = _cubic_weights(width, cfg.evf_size)
-    x = np.einsum("oh,hwc,pw->opc", wh, x, ww, optimize=True).astype(np.float32)
+  x = image.astype(np.float32) / np.float32(255)
+  if x.shape[:2] != (cfg.evf_size, cfg.evf_size):  # torchvision skips same-size resizes.
+    x = _bicubic_resize(x, cfg.evf_size, cfg.evf_size)
   return (x - np.float32(cfg.evf_mean)) / np.float32(cfg.evf_std)
 
 
@@ -361,11 +364,12 @@ def preprocess(image, mask, sentence: str, config, *, train: bool = False,
       msk = msk.transpose(Image.FLIP_LEFT_RIGHT)
       text = swap_left_right(text, cfg.flip_swap)
 
-  pixels = np.asarray(img, dtype=np.float32) * np.float32(cfg.rescale)
-  pixels = (pixels - np.float32(cfg.mean)) / np.float32(cfg.std)
   top, left = _pad_offsets(cfg.size, new_h, new_w, cfg.pad)
   out_image = np.zeros((cfg.size, cfg.size, 3), np.float32)
-  out_image[top:top + new_h, left:left + new_w] = pixels
+  pixels = out_image[top:top + new_h, left:left + new_w]  # Normalised in place: a view.
+  np.divide(np.asarray(img), np.float32(cfg.pixel_divisor), out=pixels, dtype=np.float32)
+  pixels -= np.float32(cfg.mean)
+  pixels /= np.float32(cfg.std)
   out_mask = np.zeros((cfg.size, cfg.size), np.float32)
   out_mask[top:top + new_h, left:left + new_w] = np.asarray(msk, np.float32) / 255
 
@@ -486,10 +490,15 @@ class _Tokenize:
   def _call(self, text):
     with self._lock:
       out = self._tokenizer([text])
-    arrays = {k: np.asarray(v) for k, v in out.items()
-              if isinstance(v, np.ndarray) or hasattr(v, "__array__")}
-    arrays = {k: v[0].astype(np.int32) for k, v in arrays.items()
-              if v.ndim == 2 and v.shape[0] == 1}
+    arrays = {}
+    for key, value in out.items():  # Integer [1, L] arrays (or nested lists) become fields.
+      try:
+        value = np.asarray(value)
+      except (TypeError, ValueError):
+        continue
+      if value.ndim == 2 and value.shape[0] == 1 and (
+          np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_):
+        arrays[key] = value[0].astype(np.int32)
     if "input_ids" not in arrays:
       raise ValueError("The tokenizer must return a dict with 2-D arrays [N, L], at least "
                        f"input_ids; got keys {sorted(out)}.")
@@ -525,10 +534,11 @@ def _check_examples(examples):
       raise ValueError(f"Example {i} needs {' and '.join(problems)}; it has keys {sorted(ex)}.")
 
 
-def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_size: int, *,
+def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_size: int,
                  train: bool, seed: int = 0, process_index: int | None = None,
-                 process_count: int | None = None, train_sentences: str = "random",
-                 num_parallel_calls: int | None = None, prefetch: int = 2, skip_batches: int = 0):
+                 process_count: int | None = None, *, train_sentences: str = "random",
+                 num_parallel_calls: int | None = None, prefetch: int = 2,
+                 skip_batches: int = 0):
   """A tf.data.Dataset of batches (dicts; fields in the module docstring).
 
   Args:
@@ -551,7 +561,10 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
       skipped examples (a resumed run continues exactly where the checkpoint left off).
   """
   import tensorflow as tf  # Host-only; keep TF away from any accelerator.
-  tf.config.set_visible_devices([], "GPU")
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF already initialised (by an earlier call): leave it as set then.
+    pass
 
   if process_index is None or process_count is None:
     import jax

@@ -209,7 +209,7 @@ def _require(path, dataset_hint):
     raise FileNotFoundError(f"Missing {path}. It comes from {dataset_hint}.")
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=1)  # Reading several splits parses the files once.
 def _load_cached(refs_path, instances_path, refs_mtime, instances_mtime):
   del refs_mtime, instances_mtime  # Only part of the cache key: re-read a changed file.
   refs = _load_refs(refs_path)
