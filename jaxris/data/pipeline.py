@@ -24,6 +24,11 @@ Recipes (`preprocess_config(recipe, **overrides)`; every field can be overridden
        mean = std = 0.5 on [0, 1]. Evaluation sentences are `.strip().lower()`-ed as in
        EVF-SAM's ValDataset.
 
+Deliberate differences: images are decoded with PIL's `.convert('RGB')` for every recipe
+(EVF-SAM uses cv2.imread; the two JPEG decoders can differ by a grey level here and
+there), and for sam/evf the mask is resized into the padded S x S frame like the image
+(EVF-SAM computes its loss on masks at the original size instead).
+
 Every geometric and photometric step calls the same PIL operation as the official code,
 so images match it bit for bit; the bicubic squash and the array steps are float32
 numpy. tf.data runs them through `tf.numpy_function` in parallel (PIL releases the GIL)
@@ -65,6 +70,7 @@ which instead repeats examples to even out the shards).
 import atexit
 import dataclasses
 import math
+import os
 import re
 import threading
 import time
@@ -179,6 +185,8 @@ def load_image(image_or_path) -> np.ndarray:
   if isinstance(image_or_path, np.ndarray):
     return _rgb_array(image_or_path)
   path = str(image_or_path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Image file {path} does not exist.")
   try:
     with Image.open(path) as img:
       img.load()

@@ -55,7 +55,10 @@ for evaluation) is a dict:
   split, dataset  str
 
 Masks are pycocotools' annToMask for each target (polygons merged, RLE for crowd
-annotations), merged with a union for several targets.
+annotations), merged with a union for several targets. (refer.py's getMask sums the
+polygon parts, so a pixel covered by two parts is 2; every official consumer treats it
+as foreground, which the union does directly. For gRefCOCO the union includes crowd
+targets, as EVF-SAM's loader does; grefer.py's getMaskByRef and ReLA leave them out.)
 
   python -m jaxris.data.refcoco --root DIR --check   # what is there, counts, what is missing
 """
