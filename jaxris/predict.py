@@ -2,10 +2,13 @@
 
   python -m jaxris.predict --weights weights/sam_vit_b --image photo.jpg --point 320,240 --out out/
   python -m jaxris.predict --weights weights/sam_vit_b --image photo.jpg --box 10,20,300,400 --multimask --out out/
+  python -m jaxris.predict --workdir runs/ldit --image photo.jpg --text "the red umbrella on the left" --out out/
 
 Writes, for an image named S: S_mask.png (best mask, 0/255, original size), S_overlay.png (the
 mask drawn over the image), S_logits.npy (float32 [K, H, W] mask logits at the original size;
-K = 3 with --multimask, else 1) and S_scores.json (predicted IoU per mask). Coordinates are
+K = 3 with --multimask, else 1) and S_scores.json (predicted IoU per mask; with --text, the
+threshold and the mask's area). With --text the logits are shifted so that > 0 means
+sigmoid > the training threshold (0.35 for DIT). Coordinates are
 pixels of the original image, x to the right and y down. Bad input gives a one-line error and
 exit code 2.
 """
@@ -56,7 +59,10 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="python -m jaxris.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--weights", required=True, help="converted weights directory (python convert/sam.py ...)")
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--weights", help="converted SAM weights directory (python convert/sam.py ...)")
+  src.add_argument("--workdir", help="a jaxris.train output directory (its model/ is used) for --text")
+  p.add_argument("--text", help="the referring expression (needs --workdir)")
   p.add_argument("--image", required=True, help="image file (any format PIL reads; converted to RGB)")
   p.add_argument("--point", action="append", type=parse_point, default=[], metavar="X,Y[,LABEL]",
                  help="a point prompt in pixels; LABEL 1 = foreground (default), 0 = background; repeatable")
@@ -76,7 +82,8 @@ def _check_inside(args, height: int, width: int) -> None:
       raise UsageError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is outside the {width}x{height} image")
 
 
-def write_outputs(out_dir: str, stem: str, image: np.ndarray, logits: np.ndarray, scores: np.ndarray) -> dict:
+def write_outputs(out_dir: str, stem: str, image: np.ndarray, logits: np.ndarray, scores: np.ndarray,
+                  extra: dict | None = None) -> dict:
   """Writes the four output files; returns their paths."""
   from PIL import Image
 
@@ -90,17 +97,68 @@ def write_outputs(out_dir: str, stem: str, image: np.ndarray, logits: np.ndarray
   Image.fromarray(overlay(image, mask)).save(paths["overlay.png"])
   np.save(paths["logits.npy"], logits.astype(np.float32))
   with open(paths["scores.json"], "w") as f:
-    json.dump({"iou_predictions": [float(s) for s in scores], "best": best}, f, indent=2)
+    json.dump({"iou_predictions": [float(s) for s in scores], "best": best, **(extra or {})}, f, indent=2)
+  return paths
+
+
+def write_examples(model_dir: str, examples: list[dict], out_dir: str, threshold: float = 0.35) -> list[str]:
+  """Overlays of the model's masks for dataset examples (their first sentence), for people to look at."""
+  import re
+
+  from PIL import Image
+
+  from jaxris.data.image_io import read_image
+  from jaxris.models.ris.predictor import RisPredictor
+  from jaxris.visualize import overlay
+
+  predictor = RisPredictor(model_dir, threshold)
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for i, ex in enumerate(examples):
+    image = ex["image"] if "image" in ex else read_image(ex["image_path"])
+    text = ex["sentences"][0]
+    mask = predictor.predict(image, text) > 0
+    side = np.concatenate([overlay(image, np.asarray(ex["mask"]) > 0, colour=(0, 200, 0)), overlay(image, mask)], axis=1)
+    path = os.path.join(out_dir, f"{i:02d}_{re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')}.png")
+    Image.fromarray(side).save(path)
+    paths.append(path)
   return paths
 
 
 def run(args) -> dict:
   from jaxris.data.image_io import read_image
-  from jaxris.models.sam.predictor import SamPredictor
-  from jaxris.weights import sam as sam_weights
 
   image = read_image(args.image)
   _check_inside(args, image.shape[0], image.shape[1])
+  stem = os.path.splitext(os.path.basename(args.image))[0]
+  if args.workdir is not None:
+    return _run_text(args, image, stem)
+  if args.text is not None:
+    raise UsageError("--text needs --workdir (a trained text-prompted model); --weights holds plain SAM")
+  return _run_sam(args, image, stem)
+
+
+def _run_text(args, image, stem) -> dict:
+  from jaxris.models.ris.predictor import RisPredictor
+
+  if not args.text or not args.text.strip():
+    raise UsageError("--workdir needs a non-empty --text \"...\" (the referring expression)")
+  if args.point or args.box is not None or args.multimask:
+    raise UsageError("--point/--box/--multimask are for SAM weights (--weights); text models take --text")
+  model_dir = os.path.join(args.workdir, "model")
+  if not os.path.isdir(model_dir):
+    raise UsageError(f"{model_dir} not found: train first (python -m jaxris.train --config ... --workdir {args.workdir})")
+  predictor = RisPredictor(model_dir)
+  logits = predictor.predict(image, args.text)[None]
+  area = float((logits[0] > 0).mean())
+  return write_outputs(args.out, stem, image, logits, np.array([1.0]),
+                       extra={"text": args.text, "threshold": 0.35, "mask_area_fraction": area})
+
+
+def _run_sam(args, image, stem) -> dict:
+  from jaxris.models.sam.predictor import SamPredictor
+  from jaxris.weights import sam as sam_weights
+
   if not args.point and args.box is None:
     raise UsageError("give at least one prompt: --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
   predictor = SamPredictor(sam_weights.load(args.weights))
@@ -112,7 +170,6 @@ def run(args) -> dict:
   if args.box is not None:
     kwargs["box"] = np.array(args.box, np.float32)
   logits, scores, _ = predictor.predict(multimask_output=args.multimask, return_logits=True, **kwargs)
-  stem = os.path.splitext(os.path.basename(args.image))[0]
   return write_outputs(args.out, stem, image, logits, scores)
 
 

@@ -1,1 +1,71 @@
-"""Text-prompting schemes for SAM, one file each, and a registry that builds them from a config."""
+"""Text-prompting schemes for SAM (one file each) and how a recipe's ``model`` config builds one.
+
+``build(model_cfg, init_cfg, seed)`` returns the model, its RisConfig and the tokenizer, with SAM
+and BERT weights loaded from converted directories when the recipe names them. Missing weights
+fail at once with the path and the command that makes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from flax import nnx
+
+from jaxris.models.ris.default import RisConfig, RisSam
+from jaxris.models.sam.sam import sam_config
+from jaxris.weights import store
+
+DTYPES = {"float32": None, "bfloat16": "bfloat16"}
+
+
+def text_encoder_dir(spec: str) -> str:
+  """'minilm' -> the bundled all-MiniLM-L6-v2; anything else is a directory path."""
+  if spec == "minilm":
+    from jaxris.weights.bert import minilm_dir
+    return str(minilm_dir())
+  return spec
+
+
+def check_init_paths(init_cfg) -> None:
+  """Fails within seconds, naming the missing weights and the command that provides them."""
+  if init_cfg.sam and not os.path.isfile(os.path.join(init_cfg.sam, store.CONFIG_FILE)):
+    raise FileNotFoundError(
+        f"SAM weights not found at {init_cfg.sam}: download the official checkpoint "
+        f"(e.g. sam_vit_b_01ec64.pth from facebookresearch/segment-anything) and run "
+        f"python convert/sam.py --src sam_vit_b_01ec64.pth --out {init_cfg.sam}")
+  bert = text_encoder_dir(init_cfg.bert) if init_cfg.bert else ""
+  if bert and not os.path.isdir(bert):
+    raise FileNotFoundError(
+        f"BERT weights not found at {bert}: get a Hugging Face bert-base-uncased directory (config.json, "
+        f"model.safetensors, vocab.txt) and run python convert/bert.py --src <that dir> --out {bert} "
+        f"(or set --config.init.bert=minilm for the bundled all-MiniLM-L6-v2)")
+
+
+def build(model_cfg, init_cfg, seed: int = 0):
+  """-> (model, RisConfig, tokenizer). Weights: SAM and BERT as named by `init_cfg`, rest random."""
+  from jaxris.weights import bert as bert_weights
+
+  check_init_paths(init_cfg)
+  bert_model, tokenizer = bert_weights.load(text_encoder_dir(init_cfg.bert))
+  # The neck's width is the prompt width: SAM's 256, or what a reduced recipe sets.
+  sam = sam_config(model_cfg.sam_variant, **{"out_chans": model_cfg.prompt_embed_dim, **dict(model_cfg.sam_overrides)})
+  sam = dataclasses.replace(sam, prompt_embed_dim=model_cfg.prompt_embed_dim, decoder_mlp_dim=model_cfg.decoder_mlp_dim)
+  cfg = RisConfig(scheme=model_cfg.scheme, sam=sam, bert=bert_model.config,
+                  extra_decoder_layers=model_cfg.extra_decoder_layers, bert_layer=model_cfg.bert_layer,
+                  slot_dropout=model_cfg.slot_dropout, remat=model_cfg.remat)
+  model = RisSam(cfg, rngs=nnx.Rngs(seed), dtype=DTYPES[model_cfg.dtype])
+  params = store.flat_params(model)
+  updates = {f"lang_encoder.{k}": v for k, v in store.flat_params(bert_model).items()}
+  if init_cfg.sam:
+    from jaxris.weights import sam as sam_weights
+    sam_cfg, sam_params = store.load(init_cfg.sam, sam_weights.FAMILY)
+    renamed = {k.replace("image_encoder.", "visual_encoder.", 1): v for k, v in sam_params.items()}
+    updates.update(renamed)
+  wrong = [f"{k}: {tuple(v.shape)} vs the model's {tuple(params[k].shape)}" if k in params else f"{k}: not in the model"
+           for k, v in updates.items() if k not in params or tuple(v.shape) != tuple(params[k].shape)]
+  if wrong:
+    raise ValueError("pretrained weights do not fit the recipe's model:\n  " + "\n  ".join(wrong))
+  params.update(updates)
+  store.assign_params(model, params)
+  return model, cfg, tokenizer

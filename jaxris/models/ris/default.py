@@ -32,6 +32,7 @@ class RisConfig:
   extra_decoder_layers: int = 0        # Table 1 "Add N"
   bert_layer: int = 1                  # index into BERT's hidden_states (0 = embeddings)
   slot_dropout: float = 0.1
+  remat: bool = False                  # recompute ViT blocks in the backward pass (memory for compute)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -47,7 +48,7 @@ class RisSam(nnx.Module):
     self.cfg = cfg
     sam, grid = cfg.sam, cfg.sam.encoder.grid
     text_dim = cfg.bert.hidden_size
-    self.visual_encoder = TextInjectedEncoder(sam.encoder, cfg.scheme, text_dim, cfg.slot_dropout,
+    self.visual_encoder = TextInjectedEncoder(sam.encoder, cfg.scheme, text_dim, cfg.slot_dropout, cfg.remat,
                                               rngs=rngs, dtype=dtype)
     self.prompt_encoder = PromptEncoder(sam.prompt_embed_dim, (grid, grid), (sam.encoder.img_size,) * 2,
                                         sam.mask_in_chans, rngs=rngs)

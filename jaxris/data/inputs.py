@@ -1,0 +1,58 @@
+"""What a recipe's ``data`` config reads: RefShapes (built in) or the official RefCOCO files."""
+
+from __future__ import annotations
+
+import os
+
+from jaxris.data import pipeline
+
+_DIT_SIDE = 512
+
+
+def check_paths(cfg) -> None:
+  """Fails within seconds when the dataset's files are missing, naming them."""
+  if cfg.data.name == "refshapes":
+    return
+  from jaxris.data import refcoco
+  for path in refcoco.annotation_files(cfg.data.root, cfg.data.dataset):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f"{path} not found: the {cfg.data.dataset} annotations are missing under data.root={cfg.data.root}. "
+          f"Get refs(*).p and instances.json from the official refer release (lichengunc/refer) and COCO "
+          f"train2014 images, then check the layout with python -m jaxris.data.refcoco --root {cfg.data.root} "
+          f"--check; or train on the built-in data with the ':refshapes' config argument")
+
+
+def _refshapes_config(cfg):
+  from jaxris.data.refshapes import RefShapesConfig
+  return RefShapesConfig(**dict(cfg.data.refshapes))
+
+
+def _read(cfg, split: str) -> list[dict]:
+  if cfg.data.name == "refshapes":
+    from jaxris.data import refshapes
+    return list(refshapes.examples(_refshapes_config(cfg), split))
+  from jaxris.data import refcoco
+  return refcoco.read_split(cfg.data.root, cfg.data.dataset, split)
+
+
+def train_examples(cfg) -> list[dict]:
+  return _read(cfg, cfg.data.train_split)
+
+
+def eval_examples(cfg, split: str) -> list[dict]:
+  return _read(cfg, split)
+
+
+def preprocess_for(cfg) -> pipeline.PreprocessConfig:
+  """The recipe's preprocessing at its input size; DIT's training scales shrink with it."""
+  size = cfg.data.image_size
+  overrides = {"size": size}
+  if cfg.data.preprocess == "dit":
+    dit = pipeline.preprocess_config("dit")
+    overrides["train_sizes"] = tuple(sorted({max(1, round(s * size / _DIT_SIDE)) for s in dit.train_sizes},
+                                            reverse=True))
+  if cfg.data.name == "refshapes":
+    # Colour words carry the meaning here; the flip (with left/right swapped) stays.
+    overrides["jitter_prob"] = 0.0
+  return pipeline.preprocess_config(cfg.data.preprocess, **overrides)

@@ -1,0 +1,262 @@
+"""Train a text-prompted SAM.
+
+  python -m jaxris.train --config configs/ldit_vitb.py:refshapes --workdir runs/ldit_rs
+  python -m jaxris.train --config configs/ldit_vitb.py --workdir runs/ldit --config.batch_size=32
+
+Any config field can be overridden with --config.<field>=<value>. Running the same command again
+resumes from the newest checkpoint in --workdir. The sections below follow big_vision's train.py:
+config and start-up checks, mesh, input, model, sharding, update step, checkpoint, loop, evals.
+Writes DIR/metrics.jsonl, TensorBoard events in DIR/tb, checkpoints in DIR/checkpoints, the final
+weights in DIR/model, eval_<split>.json per evaluation split and overlays in DIR/predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tf.data on the host only: keep its start-up chatter quiet
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxris.losses import LOSSES
+
+
+def lr_schedule(opt, steps_per_epoch: int, total_steps: int):
+  """The official DIT 'wcosine' schedule, or the paper's step schedule, per optimizer step."""
+  warmup = max(int(round(opt.warmup_epochs * steps_per_epoch)), 0)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = opt.warmup_lr + step * (opt.lr - opt.warmup_lr) / max(warmup, 1)
+    if opt.schedule == "wcosine":
+      progress = (step - warmup) / max(total_steps - warmup, 1)
+      after = opt.min_lr + 0.5 * (opt.lr - opt.min_lr) * (1 + jnp.cos(jnp.pi * jnp.clip(progress, 0.0, 1.0)))
+    elif opt.schedule == "step":
+      drops = sum((step >= m * steps_per_epoch).astype(jnp.float32) for m in opt.milestones)
+      after = opt.lr * opt.gamma ** drops
+    else:
+      raise ValueError(f"unknown schedule {opt.schedule!r}: 'wcosine' or 'step'")
+    return jnp.where(step < warmup, warm, after)
+  return schedule
+
+
+def make_optimizer(cfg, params: dict, steps_per_epoch: int, total_steps: int):
+  """Adam (official betas/eps) + global-norm clipping; frozen modules get no updates."""
+  opt = cfg.optimizer
+  schedule = lr_schedule(opt, steps_per_epoch, total_steps)
+  tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip) if opt.grad_clip else optax.identity(),
+                   optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay))
+  labels = {k: "frozen" if is_frozen(k, cfg.freeze) else "train" for k in params}
+  tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  if cfg.grad_accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum)
+  return tx, schedule
+
+
+def is_frozen(name: str, frozen: tuple[str, ...]) -> bool:
+  return any(name == f or name.startswith(f + ".") for f in frozen)
+
+
+def main(argv) -> int:
+  from absl import flags, logging
+  from tqdm import tqdm
+
+  from jaxris import checkpoint as ckpt
+  from jaxris import evaluate as ev
+  from jaxris.data import inputs
+  from jaxris.data.pipeline import make_dataset
+  from jaxris.models import ris
+  from jaxris.models.functional import buffers, merge, split_params
+  from jaxris.sharding import global_batch, make_mesh, replicated, tree_shardings
+  from jaxris.weights import dit as dit_weights
+
+  cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  # --- Start-up checks: fail within seconds, before any heavy work.
+  try:
+    inputs.check_paths(cfg)
+    ris.check_init_paths(cfg.init)
+  except FileNotFoundError as e:
+    print(f"jaxris.train: error: {e}", file=sys.stderr)
+    return 2
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+
+  # --- Mesh.
+  mesh = make_mesh(tuple(cfg.mesh))
+
+  # --- Input.
+  train_examples = inputs.train_examples(cfg)
+  preprocess = inputs.preprocess_for(cfg)
+  micro_batch = cfg.batch_size // cfg.grad_accum
+  steps_per_epoch = max(len(train_examples) // cfg.batch_size, 1)
+  total_steps = cfg.steps or cfg.epochs * steps_per_epoch  # optimizer steps
+  total_micro = total_steps * cfg.grad_accum
+
+  # --- Model and optimizer.
+  model, model_cfg, tokenizer = ris.build(cfg.model, cfg.init, cfg.seed)
+  graphdef, params, rest = split_params(model)
+  del model
+  tx, schedule = make_optimizer(cfg, params, steps_per_epoch, total_steps)
+
+  # --- Sharding: parameters and optimizer state by the rules, the batch over (data, fsdp).
+  def init_state(params):
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    if cfg.ema_decay:
+      state["ema"] = params
+    return state
+  abstract = jax.eval_shape(init_state, params)
+  shardings = tree_shardings(abstract, mesh)
+  shardings["step"] = replicated(mesh)
+  state = jax.jit(init_state, out_shardings=shardings)(params)
+
+  # --- Update step.
+  loss_fn_by_name = LOSSES[cfg.loss]
+
+  def loss_fn(params, batch, key):
+    params = {k: jax.lax.stop_gradient(v) if is_frozen(k, cfg.freeze) else v for k, v in params.items()}
+    model = merge(graphdef, params, rest)
+    from flax import nnx
+    logits = model(batch["image"], batch["input_ids"], batch["attention_mask"], rngs=nnx.Rngs(dropout=key))
+    return loss_fn_by_name(logits.astype(jnp.float32), batch["mask"])
+
+  def train_step(state, batch):
+    key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"])
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    if cfg.ema_decay:  # official DIT EMA: decay warms up as min(d, (t + 1) / (t + 10))
+      t = (state["step"] // cfg.grad_accum).astype(jnp.float32)
+      d = jnp.minimum(cfg.ema_decay, (t + 1) / (t + 10))
+      new["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
+    return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  batch_keys = ("image", "mask", "input_ids", "attention_mask")
+  train_step = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, replicated(mesh)),
+                       donate_argnums=0)
+  forward = ev.forward_fn(graphdef, rest)
+
+  # --- Checkpoint: resume from the newest one in workdir.
+  checkpointer = ckpt.Checkpointer(workdir, cfg.keep_checkpoints)
+  start = checkpointer.latest_step() or 0
+  if start:
+    abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    state = checkpointer.restore(start, abstract_sharded)
+    if is_main:
+      print(f"resumed from {checkpointer.directory}/{start}")
+  config_path = os.path.join(workdir, "config.json")
+  if is_main:
+    with open(config_path, "w") as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+
+  # --- Loop.
+  ds = make_dataset(train_examples, preprocess, tokenizer, micro_batch, train=True, seed=cfg.seed,
+                    train_sentences=cfg.data.train_sentences, skip_batches=start)
+  batches = ds.as_numpy_iterator()
+  log = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+  writer = _summary_writer(workdir) if is_main else None
+  eval_every = cfg.eval_every or steps_per_epoch * cfg.grad_accum
+  bar = tqdm(total=total_micro, initial=start, desc="train", unit="step", disable=not is_main, dynamic_ncols=True)
+  t_last, n_last, last_good = time.perf_counter(), start, start
+  status = 0
+  for step in range(start + 1, total_micro + 1):
+    host = next(batches)
+    batch = global_batch({k: host[k] for k in batch_keys}, mesh)
+    state, metrics = train_step(state, batch)
+    bar.update(1)
+    if step % cfg.log_every == 0 or step == total_micro:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not math.isfinite(metrics["loss"]):
+        print(f"\njaxris.train: error: loss is {metrics['loss']} at step {step}; stopping. The last good checkpoint "
+              f"(step {last_good}) is kept in {checkpointer.directory}", file=sys.stderr)
+        status = 3
+        break
+      now = time.perf_counter()
+      metrics.update(step=step, lr=float(schedule(step // cfg.grad_accum)),
+                     images_per_s=(step - n_last) * micro_batch / (now - t_last))
+      t_last, n_last = now, step
+      bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", img_s=f"{metrics['images_per_s']:.1f}")
+      _log(log, writer, metrics)
+    if step % cfg.checkpoint_every == 0 or step == total_micro:
+      checkpointer.save(step, state)
+      last_good = step
+    if eval_every and step % eval_every == 0 and step != total_micro and cfg.data.eval_splits:
+      split = cfg.data.eval_splits[0]
+      result = ev.evaluate_split(forward, _eval_params(state), inputs.eval_examples(cfg, split), preprocess,
+                                 tokenizer, micro_batch, cfg.threshold, mesh, limit=cfg.eval_examples,
+                                 desc=f"eval {split}")
+      _log(log, writer, {"step": step, **{f"{split}/{k}": v for k, v in result.items() if k in ev.REPORTED}})
+      bar.write(f"step {step}: {split} " + ", ".join(f"{k} {result[k]:.2f}" for k in ev.REPORTED))
+  bar.close()
+  checkpointer.close()
+  if status:
+    return status
+
+  # --- Export, final evaluation, overlays.
+  model_dir = ckpt.export_params(workdir, dit_weights.FAMILY, model_cfg.to_dict(),
+                                 {**_eval_params(state), **buffers(rest)},
+                                 tokenizer.vocab_file, preprocess)
+  results = {}
+  for split in cfg.data.eval_splits:
+    results[split] = ev.evaluate_split(forward, _eval_params(state), inputs.eval_examples(cfg, split), preprocess,
+                                       tokenizer, micro_batch, cfg.threshold, mesh, desc=f"eval {split}")
+    ev.write_result(workdir, split, results[split])
+    _log(log, writer, {"step": total_micro, **{f"{split}/{k}": v for k, v in results[split].items()
+                                               if k in ev.REPORTED}})
+  if is_main:
+    print(f"\nweights: {model_dir}\n")
+    print(ev.format_table(results, f"{cfg.model.scheme} on {cfg.data.name}"))
+    if cfg.predict_examples and cfg.data.eval_splits:
+      from jaxris.predict import write_examples
+      paths = write_examples(model_dir, inputs.eval_examples(cfg, cfg.data.eval_splits[0])[:cfg.predict_examples],
+                             os.path.join(workdir, "predictions"), cfg.threshold)
+      print(f"\noverlays: {os.path.dirname(paths[0])}")
+  return 0
+
+
+def _eval_params(state):
+  return state.get("ema", state["params"])
+
+
+def _summary_writer(workdir):
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
+  return tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+
+
+def _log(log, writer, metrics: dict) -> None:
+  if log is None:
+    return
+  log.write(json.dumps(metrics) + "\n")
+  log.flush()
+  with writer.as_default():
+    for k, v in metrics.items():
+      if k != "step":
+        import tensorflow as tf
+        tf.summary.scalar(k, v, step=metrics["step"])
+  writer.flush()
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "recipe file: configs/<recipe>.py[:key=value,...]",
+                                  lock_config=False)
+  flags.DEFINE_string("workdir", None, "output directory; rerunning the same command resumes from it")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  _define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
