@@ -3,7 +3,6 @@
 import argparse
 import importlib.util
 import os
-import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,21 +11,14 @@ import torch
 from flax import nnx
 from parity import assert_close
 
-with warnings.catch_warnings():
-  warnings.simplefilter("ignore")
-  from torchscale.model.BEiT3 import BEiT3 as TorchBEiT3
-
 from jaxris.models.beit3 import BEiT3, BEiT3Config, abstract_model
 from jaxris.weights import beit3 as beit3_weights
 from jaxris.weights import store
 from jaxris.weights.mapping import ConversionError
-from test_beit3 import inputs, random_torch_model
+from test_beit3 import SMALL as TINY
+from test_beit3 import _forward, inputs, one_torch_thread, random_torch_model  # noqa: F401 (autouse fixture)
 
 CLI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "convert", "beit3.py")
-
-# A reduced BEiT-3 with the official head width (64), so that the head count is inferable.
-TINY = BEiT3Config(encoder_embed_dim=128, encoder_attention_heads=2, encoder_ffn_embed_dim=256, encoder_layers=2,
-                   vocab_size=60, img_size=32, max_source_positions=16)
 
 
 def cli_main(argv):
@@ -92,8 +84,8 @@ def test_cli_round_trip_of_a_unilm_checkpoint(tiny, tmp_path):
   with torch.no_grad():
     ref = tm(textual_tokens=torch.from_numpy(ids), visual_tokens=torch.from_numpy(images),
              text_padding_position=torch.from_numpy(mask == 0))["encoder_out"]
-  out = nnx.jit(lambda m, *a: m(*a).encoder_out)(model, jnp.asarray(ids, jnp.int32),
-                                                 jnp.asarray(images.transpose(0, 2, 3, 1)), jnp.asarray(mask))
+  out = _forward(model, jnp.asarray(ids, jnp.int32), jnp.asarray(images.transpose(0, 2, 3, 1)),
+                 jnp.asarray(mask), None).encoder_out
   assert_close(out, ref, what="converted checkpoint encoder_out")
 
 
@@ -111,6 +103,21 @@ def test_prefix_for_checkpoints_that_embed_beit3(tiny):
   # The rules alone, for a converter that places BEiT-3 inside a bigger model.
   names = {r.target for r in beit3_weights.rules("mm_extractor.beit3.", "mm_extractor.beit3.")}
   assert all(n.startswith("mm_extractor.beit3.") for n in names)
+
+
+@pytest.mark.parametrize("fault", ["missing", "extra", "misshaped"])
+def test_each_fault_alone_fails(tiny, fault):
+  _, sd = tiny
+  sd = dict(sd)
+  key = "encoder.layers.0.ffn.B.ffn_layernorm.weight"
+  if fault == "missing":
+    del sd[key]
+  elif fault == "extra":
+    sd["encoder.layers.0.ffn.B.extra"] = np.zeros(3, np.float32)
+  else:
+    sd[key] = np.zeros(7, np.float32)
+  with pytest.raises(ConversionError, match="ffn.B"):
+    beit3_weights.convert_state_dict(sd, prefix="", ignore=())
 
 
 def test_missing_extra_and_misshaped_are_all_named(tiny, tmp_path, capsys):

@@ -15,12 +15,13 @@ This class does the same and returns int32 numpy arrays:
 ``attention_mask`` is what ``jaxris.models.beit3.BEiT3`` takes as ``text_mask``
 (torchscale's ``text_padding_position`` is its inverse, EVF-SAM passes ``~attention_masks``).
 
-Differences from the official code, on inputs it does not handle well: a text longer than
-``max_length`` tokens is cut to its first ``max_length - 1`` tokens plus ``</s>``, with a
-warning (EVF-SAM's collate_fn would cut ``</s>`` off, and fails there on an undefined name);
-an empty text becomes ``<s></s>``, as in the official code, but with a warning.
-With ``pad_to_max_length=True`` every batch has length ``max_length`` (static shapes for jit);
-the extra padding is masked, so it does not change the model's output at real tokens.
+Inputs the official code does not handle well: a text longer than ``max_length`` tokens keeps
+``<s>``, its first ``max_length - 2`` pieces and ``</s>``, with a warning, as unilm's BEiT-3
+datasets (``_get_text_segment``) truncate (EVF-SAM's collate_fn would cut ``</s>`` off, and
+fails there on an undefined name). An empty text becomes ``<s></s>`` as in EVF-SAM, with a
+warning (unilm raises). With ``pad_to_max_length=True`` every batch has length ``max_length``,
+as unilm pads (static shapes for jit); the padding is masked, so it does not change the
+model's output at real tokens.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class XlmrTokenizer:
         warnings.warn(f"text {i} is empty: it is encoded as <s></s> only", stacklevel=2)
       if len(ids[i]) > self.max_length:
         warnings.warn(f"text {i} has {len(ids[i])} tokens, more than max_length={self.max_length}: "
-                      f"truncated to its first {self.max_length - 1} tokens + </s> ({text[:40]!r}...)",
+                      f"truncated to <s> + its first {self.max_length - 2} pieces + </s> ({text[:40]!r}...)",
                       stacklevel=2)
         ids[i] = ids[i][:self.max_length - 1] + [self.eos_id]
     length = self.max_length if self.pad_to_max_length else max(len(x) for x in ids)

@@ -25,6 +25,7 @@ import re
 from typing import Mapping, Sequence
 
 import numpy as np
+
 from jaxris.models.beit3 import POSITION_OFFSET, BEiT3, BEiT3Config, abstract_model
 from jaxris.weights import store
 from jaxris.weights.mapping import ConversionError, Rule, conv_kernel, convert, identity, linear_kernel
