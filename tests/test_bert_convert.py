@@ -160,6 +160,10 @@ def test_load_errors_name_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere"):
     bert_weights.load(tmp_path / "nowhere")
   _hf_dir(tmp_path, "safetensors")
+  with open(tmp_path / "vocab.txt", "a") as f:  # one token more than the model's 30522 embeddings
+    f.write("[extra]\n")
+  with pytest.raises(ValueError, match="30523 tokens"):
+    bert_weights.load(tmp_path)
   os.remove(tmp_path / "vocab.txt")
   with pytest.raises(FileNotFoundError, match="vocab.txt"):
     bert_weights.load(tmp_path)

@@ -141,6 +141,10 @@ def load(path: str | os.PathLike, *, max_length: int = 20, dtype=None) -> tuple[
     config, params = convert_hf_dir(path)
   if not os.path.isfile(os.path.join(path, "vocab.txt")):
     raise FileNotFoundError(f"{os.path.join(path, 'vocab.txt')} not found: the tokenizer needs the model's vocabulary")
+  tokenizer = BertTokenizer.from_pretrained_dir(path, max_length=max_length)
+  if tokenizer.vocab_size > config.vocab_size:
+    raise ValueError(f"{path}: vocab.txt has {tokenizer.vocab_size} tokens but the model only "
+                     f"{config.vocab_size} embeddings: the vocabulary belongs to another model")
   model = nnx.eval_shape(lambda: BertModel(config, rngs=nnx.Rngs(0), dtype=dtype))
-  store.assign_params(model, params)
-  return model, BertTokenizer.from_pretrained_dir(path, max_length=max_length)
+  store.assign_params(model, params)  # replaces every abstract parameter: no random init needed
+  return model, tokenizer
