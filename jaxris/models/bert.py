@@ -179,8 +179,8 @@ class _SelfAttention(nnx.Module):
     return out.reshape(b, t, d).astype(x.dtype)
 
 
-class _SelfOutput(nnx.Module):
-  """dense -> dropout -> LayerNorm(residual + .)."""
+class _Output(nnx.Module):
+  """dense -> dropout -> LayerNorm(. + residual): transformers' BertSelfOutput and BertOutput."""
 
   def __init__(self, cfg: BertConfig, d_in: int, *, rngs: nnx.Rngs, dtype=None):
     self.dense = _linear(d_in, cfg.hidden_size, rngs, dtype)
@@ -195,7 +195,7 @@ class _Attention(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
     self.self = _SelfAttention(cfg, rngs=rngs, dtype=dtype)
-    self.output = _SelfOutput(cfg, cfg.hidden_size, rngs=rngs, dtype=dtype)
+    self.output = _Output(cfg, cfg.hidden_size, rngs=rngs, dtype=dtype)
 
   def __call__(self, x, key_mask, rngs=None):
     return self.output(self.self(x, key_mask, rngs), x, rngs)
@@ -217,7 +217,7 @@ class _Layer(nnx.Module):
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
     self.attention = _Attention(cfg, rngs=rngs, dtype=dtype)
     self.intermediate = _Intermediate(cfg, rngs=rngs, dtype=dtype)
-    self.output = _SelfOutput(cfg, cfg.intermediate_size, rngs=rngs, dtype=dtype)
+    self.output = _Output(cfg, cfg.intermediate_size, rngs=rngs, dtype=dtype)
 
   def __call__(self, x, key_mask, rngs=None):
     x = self.attention(x, key_mask, rngs)
@@ -236,7 +236,7 @@ class _Pooler(nnx.Module):
     self.dense = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
 
   def __call__(self, x):
-    return jnp.tanh(self.dense(x[:, 0]))
+    return jnp.tanh(self.dense(x[:, 0])).astype(x.dtype)
 
 
 class BertModel(nnx.Module):

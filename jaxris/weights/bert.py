@@ -4,8 +4,8 @@ A Hugging Face directory holds ``config.json`` and ``model.safetensors`` or
 ``pytorch_model.bin`` (+ ``vocab.txt``). Keys may carry the ``bert.`` prefix of the
 BertFor* task models and LayerNorm parameters may use the old ``gamma``/``beta`` names.
 Conversion is strict (DESIGN.md principle 7); the only tensors dropped on purpose are the
-``position_ids``/``token_type_ids`` buffers (recomputed) and BertForPreTraining's ``cls.*``
-heads (not part of the encoder).
+``position_ids``/``token_type_ids`` buffers (recomputed) and the task heads of the BertFor*
+models (``cls.*``, ``classifier.*``, ``qa_outputs.*``: not part of the encoder).
 
   python convert/bert.py --src HF_DIR --out DIR      # DIR: config.json + params.safetensors + vocab.txt
   model, tokenizer = jaxris.weights.bert.load(DIR)   # or load(HF_DIR), converted on the fly
@@ -42,7 +42,8 @@ RULES = [
 ]
 IGNORE = [
     _P + r"embeddings\.(?:position_ids|token_type_ids)",  # index buffers, recomputed by the model
-    r"cls\..*",                                            # BertForPreTraining's MLM / NSP heads
+    r"cls\..*",                                            # BertForPreTraining / MaskedLM heads
+    r"(?:classifier|qa_outputs)\..*",                      # BertFor{Sequence,Token}Classification / QA heads
 ]
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
