@@ -83,6 +83,16 @@ def test_empty_text_gives_cls_sep_with_a_warning():
   assert out["attention_mask"].tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]
 
 
+def test_max_length_2_keeps_cls_sep_and_warns_only_about_truncation():
+  tok = BertTokenizer(minilm_dir(), max_length=2)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out = tok(["a dog", ""])
+  messages = [str(w.message) for w in caught]
+  assert out["input_ids"].tolist() == [[101, 102], [101, 102]]
+  assert len(messages) == 2 and "truncated" in messages[0] and "no tokens" in messages[1], messages
+
+
 def test_casing_option():
   cased = BertTokenizer(minilm_dir(), lower_case=False)(["Umbrella"])["input_ids"]
   uncased = BertTokenizer(minilm_dir())(["Umbrella"])["input_ids"]

@@ -81,19 +81,24 @@ class BertTokenizer:
     enc = self._tokenizer(texts, max_length=self.max_length, truncation=True, padding="max_length",
                           return_tensors="np", return_attention_mask=True, return_token_type_ids=True)
     out = {k: np.asarray(enc[k], np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    self._warn_truncated(texts, out["attention_mask"])
+    truncated = self._warn_truncated(texts, out["attention_mask"])
     for i in np.flatnonzero(out["attention_mask"].sum(axis=1) == 2):
-      warnings.warn(f"text {i} ({texts[i]!r}) has no tokens: encoded as [CLS] [SEP] only", stacklevel=2)
+      if i not in truncated:  # (with max_length=2 every text has just [CLS] [SEP])
+        warnings.warn(f"text {i} ({texts[i]!r}) has no tokens: encoded as [CLS] [SEP] only", stacklevel=2)
     return out
 
-  def _warn_truncated(self, texts: list[str], attention_mask: np.ndarray) -> None:
+  def _warn_truncated(self, texts: list[str], attention_mask: np.ndarray) -> set[int]:
+    """Warns for every text longer than max_length; returns their indices."""
     # Only a row that fills every slot can have been cut; re-encode just those, untruncated.
-    full = [i for i in np.flatnonzero(attention_mask[:, -1])]
-    if not full:
-      return
+    full = np.flatnonzero(attention_mask[:, -1])
+    if not len(full):
+      return set()
     lengths = [len(ids) for ids in self._tokenizer([texts[i] for i in full])["input_ids"]]
+    truncated = set()
     for i, n in zip(full, lengths):
       if n > self.max_length:
+        truncated.add(int(i))
         shown = texts[i] if len(texts[i]) <= 80 else texts[i][:77] + "..."
         warnings.warn(f"text {i} has {n} tokens with [CLS]/[SEP], truncated to max_length={self.max_length}: "
                       f"{shown!r}", stacklevel=3)
+    return truncated

@@ -9,8 +9,9 @@ Attribute names mirror the PyTorch state_dict (``embeddings.word_embeddings``,
   model = BertModel(cfg, rngs=nnx.Rngs(0))
   out = model(input_ids, attention_mask)   # out.last_hidden_state, out.hidden_states, out.pooler_output
 
-Parameters are always float32; ``dtype`` (e.g. jnp.bfloat16) is the compute dtype. Softmax
-and LayerNorm statistics are computed in float32 whatever ``dtype`` is.
+Parameters are always float32; ``dtype`` (e.g. jnp.bfloat16) is the compute dtype of the
+matmul inputs and of the hidden states. Matmuls accumulate in float32, and softmax and
+LayerNorm statistics are float32, whatever ``dtype`` is.
 
 Dropout exists for fine-tuning only and is off by default: the model starts in eval mode.
 Turn it on with ``model.train()`` (or ``nnx.view(model, deterministic=False)``) and pass
