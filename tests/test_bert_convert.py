@@ -129,6 +129,19 @@ def test_cli_converts_a_hf_directory_and_load_reads_both(tmp_path, fmt, capsys):
     assert_close(result.pooler_output, ref.pooler_output, what=f"{fmt} {path.name} pooler")
 
 
+def test_bfloat16_safetensors_are_read_as_float32(tmp_path):
+  from safetensors.torch import save_file
+
+  torch_model = transformers.BertModel(transformers.BertConfig(**TINY))
+  sd = {k: v.to(torch.bfloat16) for k, v in _random_state(torch_model, seed=4).items() if v.is_floating_point()}
+  save_file(sd, tmp_path / "model.safetensors")
+  torch_model.config.save_pretrained(tmp_path)
+  _, params = bert_weights.convert_hf_dir(tmp_path)
+  kernel = params["encoder.layer.0.attention.self.key.kernel"]
+  assert kernel.dtype == np.float32
+  np.testing.assert_array_equal(kernel, sd["encoder.layer.0.attention.self.key.weight"].float().numpy().T)
+
+
 def test_checkpoint_without_pooler_gives_a_model_without_pooler(tmp_path):
   _hf_dir(tmp_path, "safetensors", add_pooling_layer=False)
   config, params = bert_weights.convert_hf_dir(tmp_path)
@@ -148,12 +161,20 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
   _hf_dir(mismatch, "safetensors")
   transformers.BertConfig(**dict(TINY, num_hidden_layers=3)).save_pretrained(mismatch)
   cases["mismatch"] = mismatch
+  corrupt = tmp_path / "corrupt"
+  corrupt.mkdir()
+  transformers.BertConfig(**TINY).save_pretrained(corrupt)
+  (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
+  cases["corrupt"] = corrupt
   capsys.readouterr()  # drop save_pretrained's progress bars
   for what, src in cases.items():
     assert cli.main(["--src", str(src), "--out", str(tmp_path / "out")]) == 2, what
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, (what, err)
-  assert "encoder.layer.2.attention.self.query.kernel" in err  # every missing name is listed
+    if what == "mismatch":  # every missing name is listed
+      assert "encoder.layer.2.attention.self.query.kernel" in err and "encoder.layer.2.output.dense.bias" in err
+    if what == "corrupt":
+      assert "model.safetensors" in err
 
 
 def test_load_errors_name_the_path(tmp_path):

@@ -71,20 +71,33 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], config: BertConfig) ->
   return {k: v.astype(np.float32) for k, v in params.items()}
 
 
+def _torch_to_numpy(state_dict) -> dict[str, np.ndarray]:
+  return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state_dict.items()}
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file
+  try:
+    return load_file(path)
+  except TypeError:  # bfloat16 has no numpy dtype: go through torch
+    from safetensors.torch import load_file as load_torch
+    return _torch_to_numpy(load_torch(path))
+
+
+def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
+  import torch  # only needed for the legacy pickle format
+  return _torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True))  # DESIGN.md principle 9
+
+
 def _read_state_dict(src: str) -> dict[str, np.ndarray]:
-  path = os.path.join(src, _WEIGHT_FILES[0])
-  if os.path.isfile(path):
-    try:
-      from safetensors.numpy import load_file
-      return load_file(path)
-    except (TypeError, ValueError):  # bfloat16 has no numpy dtype: go through torch
-      from safetensors.torch import load_file
-      return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in load_file(path).items()}
-  path = os.path.join(src, _WEIGHT_FILES[1])
-  if os.path.isfile(path):
-    import torch  # only needed for the legacy pickle format
-    sd = torch.load(path, map_location="cpu", weights_only=True)  # DESIGN.md principle 9
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+  for name, read in zip(_WEIGHT_FILES, (_read_safetensors, _read_torch_bin)):
+    path = os.path.join(src, name)
+    if os.path.isfile(path):
+      try:
+        return read(path)
+      except Exception as e:  # corrupt or foreign file: name it rather than show a library traceback
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot read {path}: {type(e).__name__}: {first_line}") from e
   raise FileNotFoundError(f"{src} has neither {' nor '.join(_WEIGHT_FILES)}: not a Hugging Face BERT directory")
 
 
