@@ -33,7 +33,7 @@ TENSOR_RULES: Sequence[tuple[str, tuple]] = (
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
-  """A mesh over all (or the given) devices; one -1 in `shape` takes the remaining devices."""
+  """A mesh over the given (default: all) devices; one -1 in `shape` takes the remaining devices."""
   devices = np.asarray(jax.devices() if devices is None else devices)
   shape = list(shape)
   if shape.count(-1) > 1:
@@ -43,10 +43,10 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
     if devices.size % rest:
       raise ValueError(f"mesh shape {shape} does not divide {devices.size} devices")
     shape[shape.index(-1)] = devices.size // rest
-  if int(np.prod(shape)) != devices.size:
-    raise ValueError(f"mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, "
-                     f"{devices.size} are available")
-  return Mesh(devices.reshape(shape), AXES)
+  need = int(np.prod(shape))
+  if need > devices.size:
+    raise ValueError(f"mesh shape {tuple(shape)} needs {need} devices, {devices.size} are available")
+  return Mesh(devices.flat[:need].reshape(shape), AXES)  # a smaller mesh uses the first devices
 
 
 def _fit(spec: tuple, shape: tuple[int, ...], mesh: Mesh) -> P:

@@ -12,11 +12,13 @@ weights in DIR/model, eval_<split>.json per evaluation split and overlays in DIR
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
+from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tf.data on the host only: keep its start-up chatter quiet
 
@@ -64,8 +66,67 @@ def is_frozen(name: str, frozen: tuple[str, ...]) -> bool:
   return any(name == f or name.startswith(f + ".") for f in frozen)
 
 
-def main(argv) -> int:
-  from absl import flags, logging
+@dataclasses.dataclass
+class Trainer:
+  """Everything the loop needs: the sharded state, its shardings and the jitted update step."""
+  state: dict
+  shardings: dict
+  step: Callable            # (state, batch) -> (state, {"loss", "grad_norm"}), state donated
+  schedule: Callable        # optimizer step -> learning rate
+  abstract: dict            # shapes/dtypes of the state (for restoring checkpoints)
+
+
+def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int, total_steps: int) -> Trainer:
+  """Shards the train state by the rules and builds the update step with explicit shardings."""
+  from flax import nnx
+
+  from jaxris.models.functional import merge
+  from jaxris.sharding import replicated, tree_shardings
+
+  tx, schedule = make_optimizer(cfg, params, steps_per_epoch, total_steps)
+
+  def init_state(params):
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    if cfg.ema_decay:
+      state["ema"] = params
+    return state
+  abstract = jax.eval_shape(init_state, params)
+  shardings = tree_shardings(abstract, mesh)
+  shardings["step"] = replicated(mesh)
+  state = jax.jit(init_state, out_shardings=shardings)(params)
+  loss_of = LOSSES[cfg.loss]
+
+  def loss_fn(params, batch, key):
+    # Frozen modules: no gradient is computed for them at all (XLA drops the dead branches).
+    params = {k: jax.lax.stop_gradient(v) if is_frozen(k, cfg.freeze) else v for k, v in params.items()}
+    model = merge(graphdef, params, rest)
+    logits = model(batch["image"], batch["input_ids"], batch["attention_mask"], rngs=nnx.Rngs(dropout=key))
+    return loss_of(logits.astype(jnp.float32), batch["mask"])
+
+  def train_step(state, batch):
+    key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"])
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    if cfg.ema_decay:  # official DIT EMA: the decay warms up as min(d, (t + 1) / (t + 10))
+      t = (state["step"] // cfg.grad_accum).astype(jnp.float32)
+      d = jnp.minimum(cfg.ema_decay, (t + 1) / (t + 10))
+      new["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
+    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+  step = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, replicated(mesh)),
+                 donate_argnums=0)
+  return Trainer(state, shardings, step, schedule, abstract)
+
+
+BATCH_KEYS = ("image", "mask", "input_ids", "attention_mask")
+
+
+def train(cfg, workdir: str, stop_after: int | None = None) -> int:
+  """Trains (or resumes) per `cfg` in `workdir`; returns an exit status. `stop_after` leaves the loop
+  after that step as a preempted job would (the tests use it to check resuming)."""
+  from absl import logging
   from tqdm import tqdm
 
   from jaxris import checkpoint as ckpt
@@ -73,11 +134,10 @@ def main(argv) -> int:
   from jaxris.data import inputs
   from jaxris.data.pipeline import make_dataset
   from jaxris.models import ris
-  from jaxris.models.functional import buffers, merge, split_params
-  from jaxris.sharding import global_batch, make_mesh, replicated, tree_shardings
+  from jaxris.models.functional import buffers, split_params
+  from jaxris.sharding import global_batch, make_mesh
   from jaxris.weights import dit as dit_weights
 
-  cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   # --- Start-up checks: fail within seconds, before any heavy work.
   try:
@@ -92,69 +152,40 @@ def main(argv) -> int:
   # --- Mesh.
   mesh = make_mesh(tuple(cfg.mesh))
 
+  data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+  micro_batch = cfg.batch_size // cfg.grad_accum
+  if cfg.batch_size % cfg.grad_accum or micro_batch % data_parallel:
+    print(f"jaxris.train: error: batch_size {cfg.batch_size} / grad_accum {cfg.grad_accum} must be a multiple of "
+          f"the data x fsdp mesh size {data_parallel} (mesh {dict(mesh.shape)}); set --config.mesh or the batch size",
+          file=sys.stderr)
+    return 2
+
   # --- Input.
   train_examples = inputs.train_examples(cfg)
   preprocess = inputs.preprocess_for(cfg)
-  micro_batch = cfg.batch_size // cfg.grad_accum
   steps_per_epoch = max(len(train_examples) // cfg.batch_size, 1)
   total_steps = cfg.steps or cfg.epochs * steps_per_epoch  # optimizer steps
   total_micro = total_steps * cfg.grad_accum
 
-  # --- Model and optimizer.
+  # --- Model, sharded state, update step.
   model, model_cfg, tokenizer = ris.build(cfg.model, cfg.init, cfg.seed)
   graphdef, params, rest = split_params(model)
   del model
-  tx, schedule = make_optimizer(cfg, params, steps_per_epoch, total_steps)
-
-  # --- Sharding: parameters and optimizer state by the rules, the batch over (data, fsdp).
-  def init_state(params):
-    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-    if cfg.ema_decay:
-      state["ema"] = params
-    return state
-  abstract = jax.eval_shape(init_state, params)
-  shardings = tree_shardings(abstract, mesh)
-  shardings["step"] = replicated(mesh)
-  state = jax.jit(init_state, out_shardings=shardings)(params)
-
-  # --- Update step.
-  loss_fn_by_name = LOSSES[cfg.loss]
-
-  def loss_fn(params, batch, key):
-    params = {k: jax.lax.stop_gradient(v) if is_frozen(k, cfg.freeze) else v for k, v in params.items()}
-    model = merge(graphdef, params, rest)
-    from flax import nnx
-    logits = model(batch["image"], batch["input_ids"], batch["attention_mask"], rngs=nnx.Rngs(dropout=key))
-    return loss_fn_by_name(logits.astype(jnp.float32), batch["mask"])
-
-  def train_step(state, batch):
-    key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"])
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
-    if cfg.ema_decay:  # official DIT EMA: decay warms up as min(d, (t + 1) / (t + 10))
-      t = (state["step"] // cfg.grad_accum).astype(jnp.float32)
-      d = jnp.minimum(cfg.ema_decay, (t + 1) / (t + 10))
-      new["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
-    return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
-
-  batch_keys = ("image", "mask", "input_ids", "attention_mask")
-  train_step = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, replicated(mesh)),
-                       donate_argnums=0)
+  trainer = create_trainer(cfg, graphdef, params, rest, mesh, steps_per_epoch, total_steps)
+  state = trainer.state
   forward = ev.forward_fn(graphdef, rest)
 
   # --- Checkpoint: resume from the newest one in workdir.
   checkpointer = ckpt.Checkpointer(workdir, cfg.keep_checkpoints)
   start = checkpointer.latest_step() or 0
   if start:
-    abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    state = checkpointer.restore(start, abstract_sharded)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), trainer.abstract,
+                          trainer.shardings)
+    state = checkpointer.restore(start, target)
     if is_main:
       print(f"resumed from {checkpointer.directory}/{start}")
-  config_path = os.path.join(workdir, "config.json")
   if is_main:
-    with open(config_path, "w") as f:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(cfg.to_json_best_effort(indent=2))
 
   # --- Loop.
@@ -166,21 +197,20 @@ def main(argv) -> int:
   eval_every = cfg.eval_every or steps_per_epoch * cfg.grad_accum
   bar = tqdm(total=total_micro, initial=start, desc="train", unit="step", disable=not is_main, dynamic_ncols=True)
   t_last, n_last, last_good = time.perf_counter(), start, start
-  status = 0
   for step in range(start + 1, total_micro + 1):
     host = next(batches)
-    batch = global_batch({k: host[k] for k in batch_keys}, mesh)
-    state, metrics = train_step(state, batch)
+    state, metrics = trainer.step(state, global_batch({k: host[k] for k in BATCH_KEYS}, mesh))
     bar.update(1)
     if step % cfg.log_every == 0 or step == total_micro:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not math.isfinite(metrics["loss"]):
-        print(f"\njaxris.train: error: loss is {metrics['loss']} at step {step}; stopping. The last good checkpoint "
+        bar.close()
+        print(f"jaxris.train: error: loss is {metrics['loss']} at step {step}; stopping. The last good checkpoint "
               f"(step {last_good}) is kept in {checkpointer.directory}", file=sys.stderr)
-        status = 3
-        break
+        checkpointer.close()
+        return 3
       now = time.perf_counter()
-      metrics.update(step=step, lr=float(schedule(step // cfg.grad_accum)),
+      metrics.update(step=step, lr=float(trainer.schedule(step // cfg.grad_accum)),
                      images_per_s=(step - n_last) * micro_batch / (now - t_last))
       t_last, n_last = now, step
       bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", img_s=f"{metrics['images_per_s']:.1f}")
@@ -188,6 +218,10 @@ def main(argv) -> int:
     if step % cfg.checkpoint_every == 0 or step == total_micro:
       checkpointer.save(step, state)
       last_good = step
+    if stop_after is not None and step >= stop_after:
+      bar.close()
+      checkpointer.close()
+      return 0
     if eval_every and step % eval_every == 0 and step != total_micro and cfg.data.eval_splits:
       split = cfg.data.eval_splits[0]
       result = ev.evaluate_split(forward, _eval_params(state), inputs.eval_examples(cfg, split), preprocess,
@@ -197,13 +231,10 @@ def main(argv) -> int:
       bar.write(f"step {step}: {split} " + ", ".join(f"{k} {result[k]:.2f}" for k in ev.REPORTED))
   bar.close()
   checkpointer.close()
-  if status:
-    return status
 
   # --- Export, final evaluation, overlays.
   model_dir = ckpt.export_params(workdir, dit_weights.FAMILY, model_cfg.to_dict(),
-                                 {**_eval_params(state), **buffers(rest)},
-                                 tokenizer.vocab_file, preprocess)
+                                 {**_eval_params(state), **buffers(rest)}, tokenizer.vocab_file, preprocess)
   results = {}
   for split in cfg.data.eval_splits:
     results[split] = ev.evaluate_split(forward, _eval_params(state), inputs.eval_examples(cfg, split), preprocess,
@@ -220,6 +251,11 @@ def main(argv) -> int:
                              os.path.join(workdir, "predictions"), cfg.threshold)
       print(f"\noverlays: {os.path.dirname(paths[0])}")
   return 0
+
+
+def main(argv) -> int:
+  from absl import flags
+  return train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 def _eval_params(state):
