@@ -255,6 +255,8 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
 
 def main(argv) -> int:
   from absl import flags
+  if flags.FLAGS.distributed:
+    jax.distributed.initialize()  # multi-host: coordinator and process ids from the cluster environment
   return train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
@@ -288,6 +290,8 @@ def _define_flags():
   config_flags.DEFINE_config_file("config", None, "recipe file: configs/<recipe>.py[:key=value,...]",
                                   lock_config=False)
   flags.DEFINE_string("workdir", None, "output directory; rerunning the same command resumes from it")
+  flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host GPU/TPU runs; "
+                    "every process runs the same command and reads its own shard of the data)")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
