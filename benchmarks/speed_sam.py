@@ -13,7 +13,9 @@ the patch-embedding and neck convolutions, and per block the qkv/proj/MLP Linear
 H*W image tokens, the attention matmuls (q k^T and weights v) and the decomposed relative-position
 einsums. Windowed attention is counted over the zero-padded windows (the padded tokens are keys
 of the official model's softmax, so that work is part of the model). Elementwise ops (softmax,
-LayerNorm, GELU) are not counted. XLA's own ``cost_analysis()`` count is printed next to it.
+LayerNorm, GELU) are not counted. XLA's own ``cost_analysis()`` count is printed next to it for
+reference only: it counts the body of each ``lax.map`` loop once, not once per iteration, so it
+under-counts the attention, which the encoder computes in cache-sized steps inside such loops.
 """
 
 from __future__ import annotations
@@ -102,8 +104,8 @@ def cases(args) -> list[dict]:
       jax_t.append(timing.median_seconds(run_jax, repeats=1, warmup=0))
       ref_t.append(timing.median_seconds(run_ref, repeats=1, warmup=0))
     flops = analytic_flops(size)
-    print(f"# sam vit_b {size}: analytic {flops / 1e9:.0f} GFLOP, XLA cost_analysis "
-          f"{xla_flops / 1e9 if xla_flops else float('nan'):.0f} GFLOP; max |JAX - PyTorch| = "
+    print(f"# sam vit_b {size}: analytic {flops / 1e9:.0f} GFLOP (XLA cost_analysis, loop bodies once: "
+          f"{xla_flops / 1e9 if xla_flops else float('nan'):.0f}); max |JAX - PyTorch| = "
           f"{err:.1e} of the output scale; JAX times {', '.join(f'{t:.2f}' for t in jax_t)} s; "
           f"PyTorch ({torch.get_num_threads()} threads) {', '.join(f'{t:.2f}' for t in ref_t)} s",
           flush=True)

@@ -93,3 +93,32 @@ def test_window_partition_round_trip_and_layout(h, w):
   assert padded == ref_padded
   np.testing.assert_array_equal(np.asarray(ours), ref.numpy())
   np.testing.assert_array_equal(np.asarray(window_unpartition(ours, 14, padded, (h, w))), x)
+
+
+@pytest.mark.parametrize("step_logits,num_prefix", [(8 * 38, 3), (4 * 38 * 38, 3), (4 * 35 * 35, 0)])
+def test_stepped_attention_matches_one_softmax(monkeypatch, step_logits, num_prefix):
+  # Attention runs a cache-sized step at a time. Tiny step budgets force the two step kinds on a
+  # 5x7 grid (+ prefix tokens, which get no relative-position term): 5 blocks of 8 queries with
+  # 2 padded queries, and 4 whole (batch, head) sequences per step. Reference: the official
+  # formula, one softmax over the full logits plus the zero-padded decomposed bias.
+  import jax
+  from jaxris.models.sam import image_encoder as ie
+
+  monkeypatch.setattr(ie, "_STEP_LOGITS", step_logits)
+  grid, heads, dim = (5, 7), 4, 32
+  attn = ie.Attention(dim, heads, True, True, grid, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  attn.rel_pos_h[...] = jnp.asarray(rng.standard_normal(attn.rel_pos_h.shape), jnp.float32)
+  attn.rel_pos_w[...] = jnp.asarray(rng.standard_normal(attn.rel_pos_w.shape), jnp.float32)
+  x = jnp.asarray(rng.standard_normal((2, num_prefix + 35, dim)), jnp.float32)
+
+  b, n, _ = x.shape
+  qkv = attn.qkv(x).reshape(b, n, 3, heads, dim // heads)
+  q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  logits = jnp.einsum("bqnd,bknd->bnqk", q * attn.scale, k)
+  bias = ie.decomposed_rel_pos(q[:, num_prefix:].reshape(b, *grid, heads, dim // heads),
+                               attn.rel_pos_h[...], attn.rel_pos_w[...], grid, grid)
+  bias = jnp.pad(bias, ((0, 0), (0, 0), (num_prefix, 0), (num_prefix, 0)))
+  weights = jax.nn.softmax(logits + bias, axis=-1)
+  ref = attn.proj(jnp.einsum("bnqk,bknd->bqnd", weights, v).reshape(b, n, dim))
+  assert_close(attn(x, grid, num_prefix), ref, what=f"stepped attention ({step_logits} logits a step)")

@@ -65,7 +65,8 @@ def decomposed_rel_pos(q, rel_pos_h, rel_pos_w, q_hw, k_hw):
   """Decomposed relative-position logits for image queries ``q`` [B, qh, qw, heads, d].
 
   Returns [B, heads, qh*qw, kh*kw], to be added to the attention logits. The official code
-  uses the *unscaled* query here.
+  uses the *unscaled* query here. ``Attention`` computes the same two terms without forming the
+  [qh*qw, kh*kw] bias (it is added per cache-sized step of the logits).
   """
   (qh, qw), (kh, kw) = q_hw, k_hw
   r_h = rel_pos_table(qh, kh, rel_pos_h).astype(q.dtype)
@@ -78,12 +79,14 @@ def decomposed_rel_pos(q, rel_pos_h, rel_pos_w, q_hw, k_hw):
 
 
 # Attention is computed a step at a time (see _chunked_attention), each step holding at most this
-# many logits: 2**19 fp32 = 2 MiB, which stays in the CPU caches through the dot -> bias ->
-# softmax -> dot chain that XLA fuses into one kernel. Measured on the 2-core CPU for one ViT-B
-# global block at 1024 (4096 tokens): the whole [12, 4096, 4096] logits at once took 2.9 s of CPU,
-# and XLA's allocator faulted in 3.8 GB of fresh pages per call (1 M page faults, 2.4 s of system
-# time); 128-query steps of one head take 0.9 s, evenly split over both cores, with no page faults
-# (64 queries x 12 heads: 1.2-1.3 s; 1024 queries x 1 head: 2.1 s).
+# many logits: 2**19 fp32 = 2 MiB, which stays in cache through the dot -> bias -> softmax -> dot
+# chain that XLA's CPU backend fuses into two library calls per step. Measured on the loaded
+# 2-core CPU, one ViT-B global block at 1024 px (4096 tokens): with all [12, 4096, 4096] logits
+# at once the block cost 5.5 s of CPU, 2.6 s of it system time for ~1 M page faults per call (the
+# 805 MB logits and XLA's internal copies are fresh allocations every call); the attention alone
+# costs 0.9-1.0 s of CPU in steps of 128 queries x 1 head, 1.2-1.3 s in steps of 64 queries x 12
+# heads (12 MiB) and 2.1 s in steps of 1024 queries x 1 head (16 MiB). Between 2**17 and 2**21
+# the whole block's time was the same within the noise (+-5%).
 _STEP_LOGITS = 1 << 19
 
 
@@ -113,8 +116,8 @@ class Attention(nnx.Module):
     heads, d = self.num_heads, self.head_dim
     # One transpose to heads-major [3, B*heads, n, d]: every dot below then has its batch
     # dimension first and its contracting dimension last, the layout XLA's CPU dot takes
-    # without copying (with the token-major einsums of the official code XLA copied the
-    # 805 MB weights of a 1024 global block once more before the second dot).
+    # without copying (token-major einsums "bqnd,bknd->bnqk" made XLA copy the 805 MB weights
+    # of a 1024 px global block once more before the second dot, and kept the two dots apart).
     q, k, v = qkv.reshape(b, n, 3, heads, d).transpose(2, 0, 3, 1, 4).reshape(3, b * heads, n, d)
     rel_h = rel_w = None
     if self.use_rel_pos:
@@ -132,10 +135,11 @@ class Attention(nnx.Module):
 
 
 def _step_shape(seqs: int, nq: int, nk: int) -> tuple[int, int]:
-  """(sequences, queries) per attention step: the most whole sequences, else query rows, that
-  keep a step's logits within _STEP_LOGITS."""
+  """(sequences, queries) per attention step: the most whole sequences, else the fewest equal
+  blocks of queries, that keep a step's logits within _STEP_LOGITS."""
   if nq * nk > _STEP_LOGITS:
-    return 1, max(8, _STEP_LOGITS // nk)
+    blocks = -(-nq // max(8, _STEP_LOGITS // nk))
+    return 1, -(-nq // blocks)  # e.g. DIT's 20 + 32*32 tokens: 3 blocks of 348, no padding
   fit = max(1, _STEP_LOGITS // (nq * nk))
   return max(g for g in range(1, min(fit, seqs) + 1) if seqs % g == 0), nq
 
@@ -250,8 +254,9 @@ class Block(nnx.Module):
     The official block pads the normalised tokens to whole windows, applies qkv and proj to
     every padded window and crops afterwards. A zero token's qkv is the bias alone, so here
     qkv runs on the H*W real tokens, the windows are padded with the bias, and proj runs after
-    the crop: the same numbers without the Linear work on padding (at 512 px the 32x32 grid
-    pads to 42x42, 72% more tokens; at 1024, 64x64 -> 70x70, 20% more).
+    the crop: bit-identical output without the Linear work on padding (at 512 px the 32x32 grid
+    pads to 42x42, 72% more tokens: a windowed block measured 235 ms of CPU instead of 270 ms;
+    at 1024 px, 64x64 -> 70x70, 20% more tokens).
     """
     b, h, w, c = y.shape
     ws = self.window_size
