@@ -95,22 +95,26 @@ def test_window_partition_round_trip_and_layout(h, w):
   np.testing.assert_array_equal(np.asarray(window_unpartition(ours, 14, padded, (h, w))), x)
 
 
-@pytest.mark.parametrize("step_logits,num_prefix", [(8 * 38, 3), (4 * 38 * 38, 3), (4 * 35 * 35, 0)])
-def test_stepped_attention_matches_one_softmax(monkeypatch, step_logits, num_prefix):
-  # Attention runs a cache-sized step at a time. Tiny step budgets force the two step kinds on a
-  # 5x7 grid (+ prefix tokens, which get no relative-position term): 5 blocks of 8 queries with
-  # 2 padded queries, and 4 whole (batch, head) sequences per step. Reference: the official
+@pytest.mark.parametrize("grid,step_logits,num_prefix", [
+    ((5, 7), 8 * 38, 3),  # 5 blocks of 8 queries (2 padded); terms computed before the loop
+    ((5, 7), 4 * 38 * 38, 3),  # 4 whole (batch, head) sequences a step
+    ((5, 7), 4 * 35 * 35, 0),  # the same, each step computing its own terms (windowed blocks)
+    ((4, 8), 16 * 32, 0),  # 2 blocks of 2 grid rows, each computing its own terms (global blocks)
+])
+def test_stepped_attention_matches_one_softmax(monkeypatch, grid, step_logits, num_prefix):
+  # Attention runs a cache-sized step at a time. Tiny step budgets force every kind of step on
+  # small grids (+ prefix tokens, which get no relative-position term). Reference: the official
   # formula, one softmax over the full logits plus the zero-padded decomposed bias.
   import jax
   from jaxris.models.sam import image_encoder as ie
 
   monkeypatch.setattr(ie, "_STEP_LOGITS", step_logits)
-  grid, heads, dim = (5, 7), 4, 32
+  heads, dim = 4, 32
   attn = ie.Attention(dim, heads, True, True, grid, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   attn.rel_pos_h[...] = jnp.asarray(rng.standard_normal(attn.rel_pos_h.shape), jnp.float32)
   attn.rel_pos_w[...] = jnp.asarray(rng.standard_normal(attn.rel_pos_w.shape), jnp.float32)
-  x = jnp.asarray(rng.standard_normal((2, num_prefix + 35, dim)), jnp.float32)
+  x = jnp.asarray(rng.standard_normal((2, num_prefix + grid[0] * grid[1], dim)), jnp.float32)
 
   b, n, _ = x.shape
   qkv = attn.qkv(x).reshape(b, n, 3, heads, dim // heads)
