@@ -84,7 +84,6 @@ def write_result(workdir: str, split: str, result: dict) -> str:
 def main(argv) -> int:
   from absl import flags
 
-  from jaxris import data as _  # noqa: F401
   from jaxris.data.inputs import eval_examples, preprocess_for
   from jaxris.models.functional import split_params
   from jaxris.sharding import make_mesh
