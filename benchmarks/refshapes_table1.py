@@ -1,0 +1,91 @@
+"""DIT-SAM's Table 1 (and EVF-SAM next to it) on the built-in RefShapes data, same budget per row.
+
+  python benchmarks/refshapes_table1.py                         # every row, 300 steps each
+  python benchmarks/refshapes_table1.py --rows ldit edit --steps 700
+
+Each row trains its recipe's CPU-sized RefShapes model (``configs/<recipe>.py:refshapes``: a
+4-block ViT of width 128 on 128 px, the real MiniLM as frozen text encoder, batch 16) for the
+same number of steps from the same seed, then evaluates val, testA and testB (testB holds out
+attribute combinations never seen in training). Rows run one after another as
+``python -m jaxris.train`` subprocesses in DIR/<row>; a row whose eval files exist is read, not
+retrained, so an interrupted sweep continues where it stopped.
+
+The paper's ``*`` rows freeze the image encoder. On RefShapes the encoder starts from random
+weights (there is no SAM checkpoint for a 128-wide ViT), so those rows show what the prompts
+and the decoder make of fixed random features, not what a frozen pretrained SAM gives.
+
+The paper reports L-DIT > E-DIT > Add layers > Default on RefCOCO. The table prints whatever
+this budget measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import timing  # noqa: E402
+
+# name -> (label as in the paper, recipe file, extra config argument)
+ROWS = {
+    "default": ("Default", "default_vitb", ""),
+    "add2": ("Add 2 decoder layers", "add2_vitb", ""),
+    "edit": ("E-DIT", "edit_vitb", ""),
+    "ldit": ("L-DIT", "ldit_vitb", ""),
+    "default_frozen": ("Default*", "default_vitb", "freeze=visual_encoder"),
+    "add2_frozen": ("Add 2 decoder layers*", "add2_vitb", "freeze=visual_encoder"),
+    "evf": ("EVF-SAM (early fusion)", "evf_sam_vith", ""),
+}
+SPLITS = ("val", "testA", "testB")
+
+
+def run_row(name: str, workdir: str, steps: int, seed: int) -> float:
+  """Trains and evaluates one row (unless done); returns the wall time in seconds (0 if cached)."""
+  if all(os.path.isfile(os.path.join(workdir, f"eval_{s}.json")) for s in SPLITS):
+    return 0.0
+  _, recipe, extra = ROWS[name]
+  arg = ",".join(filter(None, ["refshapes", f"steps={steps}", extra]))
+  cmd = [sys.executable, "-m", "jaxris.train", "--config", os.path.join(ROOT, "configs", f"{recipe}.py:{arg}"),
+         "--workdir", workdir, f"--config.seed={seed}", "--config.predict_examples=0", f"--config.eval_every={steps + 1}"]
+  print(f"\n### {ROWS[name][0]}: {' '.join(cmd[1:])}", flush=True)
+  start = time.perf_counter()
+  subprocess.run(cmd, check=True, cwd=ROOT)
+  seconds = time.perf_counter() - start
+  with open(os.path.join(workdir, "wall_seconds.json"), "w") as f:
+    json.dump({"seconds": seconds, "steps": steps}, f)
+  return seconds
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS), help="rows to train, in order")
+  parser.add_argument("--steps", type=int, default=300, help="train steps per row (batch 16)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--dir", default=os.path.join(ROOT, "runs", "refshapes_table1"),
+                      help="one workdir per row below this")
+  args = parser.parse_args()
+
+  results = {}
+  for name in args.rows:
+    workdir = os.path.join(args.dir, f"{name}_{args.steps}steps_seed{args.seed}")
+    run_row(name, workdir, args.steps, args.seed)
+    results[name] = {s: json.load(open(os.path.join(workdir, f"eval_{s}.json"))) for s in SPLITS}
+    wall = os.path.join(workdir, "wall_seconds.json")
+    results[name]["minutes"] = json.load(open(wall))["seconds"] / 60 if os.path.isfile(wall) else float("nan")
+
+  print(f"\nRefShapes, {args.steps} steps x batch 16 per row, seed {args.seed}; oIoU / mIoU in percent "
+        f"(P@0.5 in the last columns)\n")
+  headers = ["method"] + [f"{s} oIoU / mIoU" for s in SPLITS] + [f"{s} P@0.5" for s in SPLITS] + ["train+eval min"]
+  rows = [[ROWS[n][0]] + [f"{r[s]['oIoU']:.2f} / {r[s]['mIoU']:.2f}" for s in SPLITS]
+          + [f"{r[s]['P@0.5']:.2f}" for s in SPLITS] + [f"{r['minutes']:.1f}"] for n, r in results.items()]
+  timing.print_table(headers, rows)
+
+
+if __name__ == "__main__":
+  main()
