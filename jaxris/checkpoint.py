@@ -48,8 +48,9 @@ def export_params(workdir: str, family: str, config: dict, params: dict, vocab_f
   host = multihost_utils.process_allgather(params, tiled=True)
   if jax.process_index() == 0:
     store.save(out, family, config, {k: np.asarray(v) for k, v in host.items()})
-    if vocab_file:
-      shutil.copy(vocab_file, os.path.join(out, "vocab.txt"))
+    if vocab_file:  # BERT's WordPiece vocabulary, or BEiT-3's sentencepiece model under EVF-SAM's file name
+      name = "vocab.txt" if vocab_file.endswith(".txt") else "sentencepiece.bpe.model"
+      shutil.copy(vocab_file, os.path.join(out, name))
     if preprocess is not None:
       from jaxris.models.ris.predictor import save_preprocess
       save_preprocess(out, preprocess)

@@ -3,8 +3,10 @@
   python -m jaxris.evaluate --config configs/ldit_vitb.py:refshapes --workdir runs/ldit [--split val]
 
 Reads the exported weights in DIR/model (written by jaxris.train), predicts every expression of
-the split, thresholds sigmoid(logits) > config.threshold (0.35, DIT) at the model input size,
-crops the padding, resizes to the original image size and scores there. Writes
+the split and scores it at the original image size. DIT (``eval_resize="binary"``, the default):
+sigmoid(logits) > config.threshold (0.35) at the model input size, then the binary mask is
+cropped and resized (any value > 0 counts). EVF-SAM (``eval_resize="logits"``): the logits are
+cropped and resized, as SAM's postprocess_masks does, then thresholded (0.5, i.e. logits > 0). Writes
 DIR/eval_<split>.json ({"oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9"}, percent) and prints the
 paper's table layout.
 """
@@ -26,19 +28,27 @@ REPORTED = ("oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9")
 
 
 def forward_fn(graphdef, rest):
-  """jit(params, images, input_ids, attention_mask) -> logits, for flat parameter dicts."""
+  """jit(params, *inputs) -> logits, for flat parameter dicts; inputs as the model's BATCH_INPUTS."""
   from jaxris.models.functional import merge
 
   @jax.jit
-  def forward(params, images, input_ids, attention_mask):
-    model = merge(graphdef, params, rest)
-    return model(images, input_ids, attention_mask)
+  def forward(params, *inputs):
+    return merge(graphdef, params, rest)(*inputs)
   return forward
 
 
+DIT_INPUTS = ("image", "input_ids", "attention_mask")
+
+
 def evaluate_split(forward, params, examples, preprocess, tokenizer, batch_size: int, threshold: float, mesh,
-                   limit: int = 0, desc: str = "eval") -> dict:
-  """Scores `examples` (every sentence; the first `limit` examples if > 0); returns the metrics dict."""
+                   limit: int = 0, desc: str = "eval", model_inputs=DIT_INPUTS, resize: str = "binary") -> dict:
+  """Scores `examples` (every sentence; the first `limit` examples if > 0); returns the metrics dict.
+
+  `model_inputs`: the batch fields `forward` takes after the parameters; `resize`: "binary" (DIT:
+  threshold, then resize to the original size) or "logits" (SAM/EVF-SAM: resize, then threshold).
+  """
+  if resize not in ("binary", "logits"):
+    raise ValueError(f"resize must be 'binary' or 'logits', got {resize!r}")
   from jax.experimental import multihost_utils
   from tqdm import tqdm
 
@@ -53,12 +63,14 @@ def evaluate_split(forward, params, examples, preprocess, tokenizer, batch_size:
   num_batches = int(ds.cardinality())
   for batch in tqdm(ds.as_numpy_iterator(), total=num_batches, desc=desc, leave=False,
                     disable=jax.process_index() != 0):
-    inputs = global_batch({k: batch[k] for k in ("image", "input_ids", "attention_mask")}, mesh)
-    logits = forward(params, inputs["image"], inputs["input_ids"], inputs["attention_mask"])
-    local = multihost_utils.global_array_to_host_local_array(logits, mesh, P(BATCH))
-    binary = (np.asarray(local) > cut).astype(np.float32)
-    # As DIT's test.py: the binary mask is resized to the original size, any value > 0 counts.
-    restored = ris_metrics.restore_original(binary, batch)
+    inputs = global_batch({k: batch[k] for k in model_inputs}, mesh)
+    logits = forward(params, *(inputs[k] for k in model_inputs))
+    local = np.asarray(multihost_utils.global_array_to_host_local_array(logits, mesh, P(BATCH)))
+    if resize == "binary":
+      # As DIT's test.py: the binary mask is resized to the original size, any value > 0 counts.
+      restored = ris_metrics.restore_original((local > cut).astype(np.float32), batch)
+    else:
+      restored = [(r > cut).astype(np.float32) for r in ris_metrics.restore_original(local, batch)]
     acc.update(restored, original_masks(examples, batch), valid=batch["_mask"])
   total = multihost_utils.process_allgather(acc.state()).reshape(-1, acc.state().size).sum(0)
   return ris_metrics.RisMetrics.from_state(total).result()
@@ -87,8 +99,6 @@ def main(argv) -> int:
   from jaxris.data.inputs import eval_examples, preprocess_for
   from jaxris.models.functional import split_params
   from jaxris.sharding import make_mesh
-  from jaxris.weights import dit as dit_weights
-  from jaxris.data.bert_tokenizer import BertTokenizer
 
   cfg = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
@@ -97,8 +107,8 @@ def main(argv) -> int:
     print(f"jaxris.evaluate: error: {model_dir} not found: train first (python -m jaxris.train "
           f"--config ... --workdir {workdir})", file=sys.stderr)
     return 2
-  model = dit_weights.load(model_dir)
-  tokenizer = BertTokenizer.from_pretrained_dir(model_dir, max_length=cfg.data.max_tokens)
+  model, tokenizer = load_model(model_dir, cfg)
+  model_inputs = type(model).BATCH_INPUTS
   mesh = make_mesh(tuple(cfg.mesh))
   graphdef, params, rest = split_params(model)
   forward = forward_fn(graphdef, rest)
@@ -106,11 +116,26 @@ def main(argv) -> int:
   results = {}
   for split in splits:
     results[split] = evaluate_split(forward, params, eval_examples(cfg, split), preprocess_for(cfg), tokenizer,
-                                    cfg.batch_size, cfg.threshold, mesh, desc=split)
+                                    cfg.batch_size, cfg.threshold, mesh, desc=split, model_inputs=model_inputs,
+                                    resize=cfg.get("eval_resize", "binary"))
     write_result(workdir, split, results[split])
   if jax.process_index() == 0:
     print(format_table(results, cfg.data.name))
   return 0
+
+
+def load_model(model_dir: str, cfg):
+  """An exported model directory -> (model, tokenizer padding to the recipe's text length)."""
+  from jaxris.models import ris
+
+  if ris.family(cfg.model) == "evf":
+    from jaxris.weights import evf_sam
+    model, tokenizer = evf_sam.load(model_dir)
+    tokenizer.max_length, tokenizer.pad_to_max_length = cfg.model.max_tokens, True
+    return model, tokenizer
+  from jaxris.data.bert_tokenizer import BertTokenizer
+  from jaxris.weights import dit as dit_weights
+  return dit_weights.load(model_dir), BertTokenizer.from_pretrained_dir(model_dir, max_length=cfg.data.max_tokens)
 
 
 def _define_flags():

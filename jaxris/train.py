@@ -31,8 +31,12 @@ from jaxris.losses import LOSSES
 
 
 def lr_schedule(opt, steps_per_epoch: int, total_steps: int):
-  """The official DIT 'wcosine' schedule, or the paper's step schedule, per optimizer step."""
-  warmup = max(int(round(opt.warmup_epochs * steps_per_epoch)), 0)
+  """Learning rate per optimizer step: 'wcosine' (official DIT: linear warm-up, cosine to min_lr),
+  'step' (the DIT paper: x gamma at each milestone epoch) or 'linear' (LISA/EVF-SAM's
+  WarmupDecayLR: linear warm-up, then linear decay to min_lr at the last step).
+  The warm-up lasts ``warmup_steps`` if the config sets it, else ``warmup_epochs``."""
+  steps = opt.get("warmup_steps", 0)
+  warmup = max(int(steps if steps else round(opt.warmup_epochs * steps_per_epoch)), 0)
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
@@ -43,8 +47,11 @@ def lr_schedule(opt, steps_per_epoch: int, total_steps: int):
     elif opt.schedule == "step":
       drops = sum((step >= m * steps_per_epoch).astype(jnp.float32) for m in opt.milestones)
       after = opt.lr * opt.gamma ** drops
+    elif opt.schedule == "linear":
+      progress = jnp.clip((step - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
+      after = opt.lr + (opt.min_lr - opt.lr) * progress
     else:
-      raise ValueError(f"unknown schedule {opt.schedule!r}: 'wcosine' or 'step'")
+      raise ValueError(f"unknown schedule {opt.schedule!r}: 'wcosine', 'step' or 'linear'")
     return jnp.where(step < warmup, warm, after)
   return schedule
 
@@ -100,7 +107,7 @@ def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int
     # Frozen modules: no gradient is computed for them at all (XLA drops the dead branches).
     params = {k: jax.lax.stop_gradient(v) if is_frozen(k, cfg.freeze) else v for k, v in params.items()}
     model = merge(graphdef, params, rest)
-    logits = model(batch["image"], batch["input_ids"], batch["attention_mask"], rngs=nnx.Rngs(dropout=key))
+    logits = model(*(batch[k] for k in model.BATCH_INPUTS), rngs=nnx.Rngs(dropout=key))
     return loss_of(logits.astype(jnp.float32), batch["mask"])
 
   def train_step(state, batch):
@@ -120,9 +127,6 @@ def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int
   return Trainer(state, shardings, step, schedule, abstract)
 
 
-BATCH_KEYS = ("image", "mask", "input_ids", "attention_mask")
-
-
 def train(cfg, workdir: str, stop_after: int | None = None) -> int:
   """Trains (or resumes) per `cfg` in `workdir`; returns an exit status. `stop_after` leaves the loop
   after that step as a preempted job would (the tests use it to check resuming)."""
@@ -136,7 +140,6 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
   from jaxris.models import ris
   from jaxris.models.functional import buffers, split_params
   from jaxris.sharding import global_batch, make_mesh
-  from jaxris.weights import dit as dit_weights
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   # --- Start-up checks: fail within seconds, before any heavy work.
@@ -169,11 +172,15 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
 
   # --- Model, sharded state, update step.
   model, model_cfg, tokenizer = ris.build(cfg.model, cfg.init, cfg.seed)
+  batch_keys = ("mask",) + type(model).BATCH_INPUTS
   graphdef, params, rest = split_params(model)
   del model
   trainer = create_trainer(cfg, graphdef, params, rest, mesh, steps_per_epoch, total_steps)
   state = trainer.state
   forward = ev.forward_fn(graphdef, rest)
+  evaluate = lambda params, split, **kw: ev.evaluate_split(
+      forward, params, inputs.eval_examples(cfg, split), preprocess, tokenizer, micro_batch, cfg.threshold, mesh,
+      model_inputs=batch_keys[1:], resize=cfg.get("eval_resize", "binary"), desc=f"eval {split}", **kw)
 
   # --- Checkpoint: resume from the newest one in workdir.
   checkpointer = ckpt.Checkpointer(workdir, cfg.keep_checkpoints)
@@ -199,7 +206,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
   t_last, n_last, last_good = time.perf_counter(), start, start
   for step in range(start + 1, total_micro + 1):
     host = next(batches)
-    state, metrics = trainer.step(state, global_batch({k: host[k] for k in BATCH_KEYS}, mesh))
+    state, metrics = trainer.step(state, global_batch({k: host[k] for k in batch_keys}, mesh))
     bar.update(1)
     if step % cfg.log_every == 0 or step == total_micro:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -224,27 +231,24 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
       return 0
     if eval_every and step % eval_every == 0 and step != total_micro and cfg.data.eval_splits:
       split = cfg.data.eval_splits[0]
-      result = ev.evaluate_split(forward, _eval_params(state), inputs.eval_examples(cfg, split), preprocess,
-                                 tokenizer, micro_batch, cfg.threshold, mesh, limit=cfg.eval_examples,
-                                 desc=f"eval {split}")
+      result = evaluate(_eval_params(state), split, limit=cfg.eval_examples)
       _log(log, writer, {"step": step, **{f"{split}/{k}": v for k, v in result.items() if k in ev.REPORTED}})
       bar.write(f"step {step}: {split} " + ", ".join(f"{k} {result[k]:.2f}" for k in ev.REPORTED))
   bar.close()
   checkpointer.close()
 
   # --- Export, final evaluation, overlays.
-  model_dir = ckpt.export_params(workdir, dit_weights.FAMILY, model_cfg.to_dict(),
-                                 {**_eval_params(state), **buffers(rest)}, tokenizer.vocab_file, preprocess)
+  model_dir = ckpt.export_params(workdir, ris.weights_family(cfg.model), model_cfg.to_dict(),
+                                 {**_eval_params(state), **buffers(rest)}, _vocab_file(tokenizer), preprocess)
   results = {}
   for split in cfg.data.eval_splits:
-    results[split] = ev.evaluate_split(forward, _eval_params(state), inputs.eval_examples(cfg, split), preprocess,
-                                       tokenizer, micro_batch, cfg.threshold, mesh, desc=f"eval {split}")
+    results[split] = evaluate(_eval_params(state), split)
     ev.write_result(workdir, split, results[split])
     _log(log, writer, {"step": total_micro, **{f"{split}/{k}": v for k, v in results[split].items()
                                                if k in ev.REPORTED}})
   if is_main:
     print(f"\nweights: {model_dir}\n")
-    print(ev.format_table(results, f"{cfg.model.scheme} on {cfg.data.name}"))
+    print(ev.format_table(results, f"{cfg.model.get('scheme', 'evf')} on {cfg.data.name}"))
     if cfg.predict_examples and cfg.data.eval_splits:
       from jaxris.predict import write_examples
       paths = write_examples(model_dir, inputs.eval_examples(cfg, cfg.data.eval_splits[0])[:cfg.predict_examples],
@@ -258,6 +262,11 @@ def main(argv) -> int:
   if flags.FLAGS.distributed:
     jax.distributed.initialize()  # multi-host: coordinator and process ids from the cluster environment
   return train(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+def _vocab_file(tokenizer) -> str:
+  """The file a tokenizer reads (BERT's vocab.txt or BEiT-3's sentencepiece model), copied into the export."""
+  return getattr(tokenizer, "vocab_file", None) or tokenizer.spm_file
 
 
 def _eval_params(state):

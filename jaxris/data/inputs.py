@@ -52,6 +52,10 @@ def preprocess_for(cfg) -> pipeline.PreprocessConfig:
     dit = pipeline.preprocess_config("dit")
     overrides["train_sizes"] = tuple(sorted({max(1, round(s * size / _DIT_SIDE)) for s in dit.train_sizes},
                                             reverse=True))
+  else:  # SAM / EVF-SAM: no scale augmentation, the longest side is the input size
+    overrides["train_sizes"] = (size,)
+  if cfg.data.get("evf_size"):
+    overrides["evf_size"] = cfg.data.evf_size  # BEiT-3's square view (224 official)
   if cfg.data.name == "refshapes":
     # Colour words carry the meaning here; the flip (with left/right swapped) stays.
     overrides["jitter_prob"] = 0.0

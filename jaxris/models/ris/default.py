@@ -44,6 +44,8 @@ class RisConfig:
 
 
 class RisSam(nnx.Module):
+  BATCH_INPUTS = ("image", "input_ids", "attention_mask")  # the batch fields __call__ takes, in order
+
   def __init__(self, cfg: RisConfig, *, rngs: nnx.Rngs, dtype=None):
     self.cfg = cfg
     sam, grid = cfg.sam, cfg.sam.encoder.grid
