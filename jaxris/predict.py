@@ -3,12 +3,15 @@
   python -m jaxris.predict --weights weights/sam_vit_b --image photo.jpg --point 320,240 --out out/
   python -m jaxris.predict --weights weights/sam_vit_b --image photo.jpg --box 10,20,300,400 --multimask --out out/
   python -m jaxris.predict --workdir runs/ldit --image photo.jpg --text "the red umbrella on the left" --out out/
+  python -m jaxris.predict --weights weights/evf_sam --image photo.jpg --text "zebra top left" --out out/
 
 Writes, for an image named S: S_mask.png (best mask, 0/255, original size), S_overlay.png (the
 mask drawn over the image), S_logits.npy (float32 [K, H, W] mask logits at the original size;
 K = 3 with --multimask, else 1) and S_scores.json (predicted IoU per mask; with --text, the
 threshold and the mask's area). With --text the logits are shifted so that > 0 means
-sigmoid > the training threshold (0.35 for DIT). Coordinates are
+sigmoid > the training threshold (0.35 for DIT); EVF-SAM weights (python convert/evf_sam.py ...;
+the family is read from DIR/config.json) take --text, optionally with --point/--box prompts, and
+their logits > 0 is the mask, as in the official code. Coordinates are
 pixels of the original image, x to the right and y down. Bad input gives a one-line error and
 exit code 2.
 """
@@ -60,9 +63,9 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 def build_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="python -m jaxris.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--weights", help="converted SAM weights directory (python convert/sam.py ...)")
+  src.add_argument("--weights", help="converted SAM or EVF-SAM weights directory (convert/sam.py, convert/evf_sam.py)")
   src.add_argument("--workdir", help="a jaxris.train output directory (its model/ is used) for --text")
-  p.add_argument("--text", help="the referring expression (needs --workdir)")
+  p.add_argument("--text", help="the referring expression (needs --workdir or EVF-SAM --weights)")
   p.add_argument("--image", required=True, help="image file (any format PIL reads; converted to RGB)")
   p.add_argument("--point", action="append", type=parse_point, default=[], metavar="X,Y[,LABEL]",
                  help="a point prompt in pixels; LABEL 1 = foreground (default), 0 = background; repeatable")
@@ -133,9 +136,36 @@ def run(args) -> dict:
   stem = os.path.splitext(os.path.basename(args.image))[0]
   if args.workdir is not None:
     return _run_text(args, image, stem)
+  if _weights_family(args.weights) == "evf_sam":
+    return _run_evf(args, image, stem)
   if args.text is not None:
-    raise UsageError("--text needs --workdir (a trained text-prompted model); --weights holds plain SAM")
+    raise UsageError("--text needs --workdir (a trained text-prompted model) or EVF-SAM --weights; "
+                     f"{args.weights} holds plain SAM")
   return _run_sam(args, image, stem)
+
+
+def _weights_family(directory: str) -> str | None:
+  """The family recorded in DIR/config.json by the converters; None when there is none to read."""
+  from jaxris.weights import store
+
+  try:
+    with open(os.path.join(directory, store.CONFIG_FILE)) as f:
+      return json.load(f).get("family")
+  except (OSError, ValueError, AttributeError):
+    return None  # the SAM loader then reports the missing or broken directory
+
+
+def _run_evf(args, image, stem) -> dict:
+  from jaxris.models.ris.evf_predictor import EvfPredictor
+
+  if not args.text or not args.text.strip():
+    raise UsageError("EVF-SAM weights need a non-empty --text \"...\" (the referring expression)")
+  if args.multimask:
+    raise UsageError("--multimask is for SAM weights; EVF-SAM predicts one mask")
+  logits = EvfPredictor(args.weights).predict(image, args.text, points=args.point or None, boxes=args.box)[None]
+  area = float((logits[0] > 0).mean())
+  return write_outputs(args.out, stem, image, logits, np.array([1.0]),
+                       extra={"text": args.text, "threshold": 0.0, "mask_area_fraction": area})
 
 
 def _run_text(args, image, stem) -> dict:

@@ -87,3 +87,47 @@ def test_no_traceback_from_the_command_line(setup):
                         "--point", "1e9,3", "--out", str(root / "y")], capture_output=True, text=True)
   assert run.returncode == 2
   assert "Traceback" not in run.stderr and "outside" in run.stderr
+
+
+@pytest.fixture(scope="module")
+def evf_weights(tmp_path_factory):
+  """Tiny random EVF-SAM weights as convert/evf_sam.py writes them, with a tokenizer trained here."""
+  from evf_reference import write_tokenizer
+  from jaxris.models.beit3 import BEiT3Config
+  from jaxris.models.ris.evf import EvfConfig
+  from jaxris.models.sam.sam import sam_config
+  from jaxris.weights import evf_sam, store
+
+  cfg = EvfConfig(sam=sam_config("vit_b", img_size=256, embed_dim=32, depth=1, num_heads=2),
+                  beit3=BEiT3Config.base(encoder_embed_dim=32, encoder_attention_heads=2, encoder_ffn_embed_dim=64,
+                                         encoder_layers=1, vocab_size=200))
+  rng = np.random.default_rng(0)
+  params = {k: rng.normal(0, 0.2, s).astype(np.float32) for k, s in store.param_shapes(evf_sam.abstract_model(cfg)).items()}
+  directory = tmp_path_factory.mktemp("evf_weights")
+  evf_sam.save(str(directory), cfg, params)
+  write_tokenizer(directory)
+  return str(directory)
+
+
+def test_evf_text_with_and_without_sam_prompts(setup, evf_weights):
+  root, _, image, _ = setup
+  for extra, out in [([], root / "evf"), (["--point", "70,40", "--point", "10,10,0", "--box", "5,5,120,80"], root / "evf_p")]:
+    assert predict.main(["--weights", evf_weights, "--image", image, "--text", "zebra top left", "--out", str(out)]
+                        + extra) == 0
+    logits = np.load(out / "scene_logits.npy")
+    assert logits.dtype == np.float32 and logits.shape == (1, 90, 140) and np.isfinite(logits).all()
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "scene_mask.png")), np.where(logits[0] > 0, 255, 0))
+    scores = json.loads((out / "scene_scores.json").read_text())
+    assert scores["text"] == "zebra top left" and scores["threshold"] == 0.0
+  assert not np.array_equal(np.load(root / "evf" / "scene_logits.npy"), logits), "the point/box prompts count"
+
+
+def test_evf_and_sam_weights_errors(setup, evf_weights, capsys):
+  root, weights, image, _ = setup
+  cases = [(["--weights", evf_weights], "non-empty --text"),
+           (["--weights", evf_weights, "--text", "sky", "--multimask"], "one mask"),
+           (["--weights", weights, "--text", "sky"], "holds plain SAM")]
+  for argv, message in cases:
+    assert predict.main(argv + ["--image", image, "--out", str(root / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
