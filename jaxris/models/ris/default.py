@@ -26,7 +26,7 @@ from jaxris.ops.resize import resize_2d
 
 @dataclasses.dataclass(frozen=True)
 class RisConfig:
-  scheme: str = "ldit"                 # default | edit | ldit
+  scheme: str = "ldit"                 # a key of dit.SCHEMES: default, edit, ldit, token_*, crossatt*
   sam: SamConfig = SamConfig()         # shapes of the SAM checkpoint (1024 input, 64x64 tables)
   bert: BertConfig = BertConfig()
   extra_decoder_layers: int = 0        # Table 1 "Add N"
