@@ -23,8 +23,13 @@ AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")  # the batch is split over both data-parallel axes
 
 # First Linear of a pair: [in, out] -> out over 'tensor'. Second: in over 'tensor'.
-_COLUMN = r"attn\.qkv|mlp\.lin1|attention\.self\.(?:query|key|value)|intermediate\.dense|(?:q|k|v)_proj|ffn\.fc1"
-_ROW = r"attn\.proj|mlp\.lin2|attention\.output\.dense|(?<!attention\.)output\.dense|out_proj|ffn\.fc2"
+# DIT's cross-attention slots: MHAtt's linear_{q,k,v} -> linear_merge (512 = 8 heads split over
+# 'tensor'), MHA_FFN's ffn.mlp.fc.linear -> ffn.mlp.linear. Its learnt `tokens` [D, 20, C] take the
+# default (fsdp over C).
+_COLUMN = (r"attn\.qkv|mlp\.lin1|attention\.self\.(?:query|key|value)|intermediate\.dense|(?:q|k|v)_proj|ffn\.fc1"
+           r"|linear_[qkv]|ffn\.mlp\.fc\.linear")
+_ROW = (r"attn\.proj|mlp\.lin2|attention\.output\.dense|(?<!attention\.)output\.dense|out_proj|ffn\.fc2"
+        r"|linear_merge|ffn\.mlp\.linear")
 TENSOR_RULES: Sequence[tuple[str, tuple]] = (
     (rf".*(?:{_COLUMN})\.kernel", ("fsdp", "tensor")),
     (rf".*(?:{_COLUMN})\.bias", ("tensor",)),

@@ -1,12 +1,14 @@
 """Official DIT-SAM checkpoints (wysnzzzz/DIT, models/<variant>/net.py) -> jaxris RisSam.
 
-The official ``Net`` holds ``visual_encoder`` (SAM's ViT + ``probs.N`` / ``prob_text``),
-``prompt_encoder``, ``mask_decoder``, ``lang_encoder.bert`` (BERT) and ``text_proj``; jaxris
-mirrors those names, so the table is SAM's rules plus BERT's under ``lang_encoder.``. Released
+The official ``Net`` holds ``visual_encoder`` (SAM's ViT + the scheme's text-slot parameters:
+``probs[.N]``, ``prob_text``, ``tokens``, ``cross.N.*``, ``ln.N``), ``prompt_encoder``,
+``mask_decoder``, ``lang_encoder.bert`` (BERT) and ``text_proj``; jaxris mirrors those names, so
+the table is the DIT rules below, SAM's rules and BERT's under ``lang_encoder.``. Released
 files are DDP dicts ``{"state_dict": {"module.<name>": ...}, ...}``: the wrapper and prefix are
 removed. Two tensors the official forward never reads (``query_embeddings`` and the
 ``self_attention`` MultiheadAttention) are dropped by name. E-DIT and L-DIT checkpoints have the
-same tensors, so the scheme must be given.
+same tensors, so the scheme must be given (and is for every checkpoint: a wrong one fails with the
+names that do not fit).
 """
 
 from __future__ import annotations
@@ -20,10 +22,18 @@ from jaxris.models.ris.default import RisConfig, RisSam
 from jaxris.weights import bert as bert_weights
 from jaxris.weights import sam as sam_weights
 from jaxris.weights import store
-from jaxris.weights.mapping import convert, prefixed
+from jaxris.weights.mapping import Rule, convert, prefixed
 
 FAMILY = "dit"
-RULES = prefixed(bert_weights.RULES, "lang_encoder.", "lang_encoder.") + sam_weights.RULES
+# Ahead of SAM's rules, which would take the cross-attention LayerNorms for SAM's (``scale``) or
+# for Linear weights (``kernel``): DIT's own LayerNorm keeps ``weight``; the learnt slot tokens
+# are a plain tensor. Every other new tensor (probs, cross.N.linear_*, ffn.mlp.*) is a Linear.
+_DIT_NORMS = r"visual_encoder\.(?:ln\.\d+|cross\.\d+\.norm[12])"
+DIT_RULES = [
+    Rule(rf"({_DIT_NORMS})\.(weight|bias)", r"\1.\2"),
+    Rule(r"visual_encoder\.tokens", "visual_encoder.tokens"),
+]
+RULES = DIT_RULES + prefixed(bert_weights.RULES, "lang_encoder.", "lang_encoder.") + sam_weights.RULES
 IGNORE = [r"query_embeddings", r"self_attention\..*"] + [r"lang_encoder\." + p for p in bert_weights.IGNORE]
 
 
