@@ -9,6 +9,7 @@ sentencepiece model trained here (no beit3.spm download in tests).
 import dataclasses
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -176,17 +177,20 @@ def test_pooling_and_fusion_features_match_torchscale(setup):
       assert_close(feats, e, what=f"{fusion} fusion, {pooling} features")
 
 
-def test_late_fusion_model_runs_with_the_right_shapes():
-  # Late fusion is the one ablation whose parameters differ: the projector takes 2D features.
-  # (Every fusion and pooling is checked against torchscale above, at the feature level.)
+def test_late_fusion_model_runs_in_bfloat16():
+  # Late fusion is the one ablation whose parameters differ (the projector takes 2D features;
+  # every fusion and pooling is checked against torchscale above, at the feature level), here with
+  # bfloat16 compute over float32 parameters.
   cfg = EvfConfig(sam=sam_config("vit_b", img_size=128, embed_dim=32, depth=1, num_heads=2),
                   beit3=BEiT3Config.base(encoder_embed_dim=32, encoder_attention_heads=2, encoder_ffn_embed_dim=64,
                                          encoder_layers=1, vocab_size=50), fusion="late", pooling="mean")
   rng = np.random.default_rng(0)  # random weights without a (slow, eager) random init
   model = evf_sam.build(cfg, {k: rng.normal(0, 0.1, s).astype(np.float32)
-                              for k, s in store.param_shapes(evf_sam.abstract_model(cfg)).items()})
+                              for k, s in store.param_shapes(evf_sam.abstract_model(cfg)).items()}, jnp.bfloat16)
   assert model.text_hidden_fcs[0][0].kernel.shape == (64, 32)
   ids = jnp.array([[0, 5, 2, 1], [0, 6, 7, 2]])
   logits = nnx.jit(lambda m, *a: m(*a))(model, jnp.zeros((2, 128, 128, 3)), jnp.ones((2, 224, 224, 3)), ids,
                                         (ids != 1).astype(jnp.int32))
-  assert logits.shape == (2, 128, 128) and np.isfinite(np.asarray(logits)).all()
+  assert logits.shape == (2, 128, 128) and logits.dtype == jnp.bfloat16
+  assert np.isfinite(np.asarray(logits, np.float32)).all()
+  assert {v.dtype for v in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}

@@ -154,3 +154,18 @@ def test_cli_help_and_errors(release, tmp_path):
   ref_lib.write_config(src, architecture="EvfSam2Model")
   run = subprocess.run(CONVERT + ["--src", str(src), "--out", str(tmp_path / "o")], capture_output=True, text=True)
   assert run.returncode == 2 and "out of scope" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_full_size_release_layout():
+  # The released EvfSamModel (SAM-H + BEiT-3 large): 1569 tensors, 1.315 B values, built on torch's
+  # meta device and passed as zero-stride arrays, so no memory is spent. Converts to EvfConfig().
+  from jaxris.models.ris.evf import EvfConfig
+
+  with torch.device("meta"):
+    ref = ref_lib.EvfSamReference(ref_lib.build_sam(1280, 32, 16, (7, 15, 23, 31)),
+                                  ref_lib.beit3_args(1024, 24, 16, 4096, 64010))
+  sd = {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in ref.state_dict().items()}
+  assert len(sd) == 1569 and sum(v.size for v in sd.values()) == 1_315_105_328
+  cfg, params = evf_sam.convert_state_dict(sd, hf_config={"architectures": ["EvfSamModel"], "hidden_size": 1024,
+                                                          "out_dim": 256, "sam_scale": "huge"})
+  assert cfg == EvfConfig() and len(params) == 1568  # all but vision_embed.mask_token
