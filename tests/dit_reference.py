@@ -1,10 +1,13 @@
 """A PyTorch reference of DIT-SAM, written from the official forward (wysnzzzz/DIT models/*/net.py,
-segment_anything/modeling/image_encoder_{layer_wise,e2e}.py) on top of segment_anything's modules
-and transformers' BertModel. The official DIT code is not a package, so this file plays its part
+segment_anything/modeling/image_encoder_{layer_wise,e2e,token_layer_wise,e2e_token,cross_attention,
+cross_attention_FFN}.py, layers/sa_layer.py) on top of segment_anything's modules and transformers'
+BertModel. The official DIT code is not a package, so this file plays its part
 in the parity tests; module names match the official ``Net`` so its state_dict has the official keys.
 """
 
 from functools import partial
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +17,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 NUM_SLOTS = 20
+ATT_DIM, ATT_HEADS, FFN_DIM = 512, 8, 2048  # the official MHAtt(768, 512, 8, 0.1) and FFN(768, 2048, 768)
 
 
 def _dit_attention(attn, x, h, w):
@@ -37,6 +41,120 @@ def _dit_block(block, x, h, w):
   return x + block.mlp(block.norm2(x))
 
 
+class LayerNorm(nn.Module):
+  """sa_layer.LayerNorm: unbiased std, eps added to the std."""
+
+  def __init__(self, size, eps=1e-6):
+    super().__init__()
+    self.eps = eps
+    self.weight = nn.Parameter(torch.ones(size))
+    self.bias = nn.Parameter(torch.zeros(size))
+
+  def forward(self, x):
+    return self.weight * (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + self.eps) + self.bias
+
+
+class MHAtt(nn.Module):
+  def __init__(self, dim):
+    super().__init__()
+    self.linear_v, self.linear_k, self.linear_q = (nn.Linear(dim, ATT_DIM) for _ in range(3))
+    self.linear_merge = nn.Linear(ATT_DIM, dim)
+    self.dropout = nn.Dropout(0.1)
+
+  def forward(self, v, k, q):
+    b = q.size(0)
+    split = lambda t: t.view(b, -1, ATT_HEADS, ATT_DIM // ATT_HEADS).transpose(1, 2)
+    v, k, q = split(self.linear_v(v)), split(self.linear_k(k)), split(self.linear_q(q))
+    scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    out = torch.matmul(self.dropout(F.softmax(scores, dim=-1)), v)
+    return self.linear_merge(out.transpose(1, 2).contiguous().view(b, -1, ATT_DIM))
+
+
+class FC(nn.Module):
+  def __init__(self, din, dout):
+    super().__init__()
+    self.linear = nn.Linear(din, dout)
+    self.dropout = nn.Dropout(0.1)
+
+  def forward(self, x):
+    return self.dropout(F.relu(self.linear(x)))
+
+
+class MLP(nn.Module):
+  def __init__(self, dim, hidden):
+    super().__init__()
+    self.fc = FC(dim, hidden)
+    self.linear = nn.Linear(hidden, dim)
+
+  def forward(self, x):
+    return self.linear(self.fc(x))
+
+
+class FFN(nn.Module):
+  def __init__(self, dim):
+    super().__init__()
+    self.mlp = MLP(dim, FFN_DIM)
+
+  def forward(self, x):
+    return self.mlp(x)
+
+
+class MHAFFN(nn.Module):
+  """Official MHA_FFN: post-norm MHAtt over (v, k) for the queries q, then a post-norm FFN."""
+
+  def __init__(self, dim):
+    super().__init__()
+    self.mhatt, self.ffn = MHAtt(dim), FFN(dim)
+    self.dropout1, self.dropout2 = nn.Dropout(0.1), nn.Dropout(0.1)
+    self.norm1, self.norm2 = LayerNorm(dim), LayerNorm(dim)
+
+  def forward(self, v, k, q):
+    q = self.norm1(q + self.dropout1(self.mhatt(v, k, q)))
+    return self.norm2(q + self.dropout2(self.ffn(q)))
+
+
+def _add_scheme_params(enc, scheme, width, depth):
+  """The official extra parameters, in the official initialisation."""
+  if scheme in ("ldit", "edit"):
+    enc.probs = nn.ModuleList([nn.Linear(width, width) for _ in range(depth)])
+  elif scheme == "token_ldit":
+    enc.tokens = nn.Parameter(torch.randn(depth, NUM_SLOTS, width))
+  elif scheme == "token_edit":
+    enc.probs = nn.Linear(width, width)
+    enc.tokens = nn.Parameter(nn.init.xavier_uniform_(torch.empty(depth - 1, NUM_SLOTS, width)))
+  elif scheme == "crossatt":
+    enc.probs = nn.ModuleList([nn.Linear(width, width) for _ in range(depth)])
+    for p in enc.probs:
+      nn.init.constant_(p.weight, 1)
+      nn.init.constant_(p.bias, 0)
+    enc.cross = nn.ModuleList([MHAtt(width) for _ in range(depth - 1)])
+    enc.ln = nn.ModuleList([LayerNorm(width) for _ in range(depth - 1)])
+  elif scheme == "crossatt_ffn":
+    enc.cross = nn.ModuleList([MHAFFN(width) for _ in range(depth)])
+    enc.ln = nn.ModuleList([LayerNorm(width) for _ in range(depth)])
+
+
+def _write_slots(enc, i, x, y):
+  """The official in-place slot write before block i (x: [B, T + HW, C], y: [B, T, C] text)."""
+  t, s = y.shape[1], enc.scheme
+  if s == "ldit" or (s == "edit" and i == 0):
+    x[:, :t] = enc.dropout(enc.probs[i](y))
+  elif s == "edit":
+    x[:, :t] = enc.dropout(enc.probs[i](x[:, :t]))
+  elif s == "token_ldit":
+    x[:, :t] = y + enc.tokens[i]
+  elif s == "token_edit":
+    x[:, :t] = enc.dropout(enc.probs(y)) if i == 0 else x[:, :t] + enc.tokens[i - 1]
+  elif s == "crossatt":
+    if i == 0:
+      temp = enc.probs[i](y)
+    else:
+      temp = enc.ln[i - 1](enc.probs[i](y) + enc.dropout(enc.cross[i - 1](x[:, :t], x[:, :t], y)))
+    x[:, :t] = temp
+  elif s == "crossatt_ffn":
+    x[:, :t] = enc.ln[i](y + enc.dropout(enc.cross[i](x[:, t:], x[:, t:], y)))
+
+
 class DitVisualEncoder(nn.Module):
   def __init__(self, sam_encoder: ImageEncoderViT, scheme: str, text_dim: int):
     super().__init__()
@@ -47,7 +165,7 @@ class DitVisualEncoder(nn.Module):
     if scheme != "default":
       if text_dim != width:
         self.prob_text = nn.Linear(text_dim, width)
-      self.probs = nn.ModuleList([nn.Linear(width, width) for _ in self.blocks])
+      _add_scheme_params(self, scheme, width, len(self.blocks))
       self.dropout = nn.Dropout(0.1)
 
   def forward(self, x, y):
@@ -63,8 +181,7 @@ class DitVisualEncoder(nn.Module):
       x = torch.cat([torch.zeros(b, y.shape[1], c), x], dim=1)
       t = y.shape[1]
       for i, blk in enumerate(self.blocks):
-        source = y if self.scheme == "ldit" or i == 0 else x[:, :t]
-        x = torch.cat([self.dropout(self.probs[i](source)), x[:, t:]], dim=1)
+        _write_slots(self, i, x, y)
         x = _dit_block(blk, x, h, w)
       x = x[:, t:]
     return self.neck(x.reshape(b, h, w, c).permute(0, 3, 1, 2))
