@@ -111,21 +111,29 @@ def write_examples(model_dir: str, examples: list[dict], out_dir: str, threshold
   from PIL import Image
 
   from jaxris.data.image_io import read_image
-  from jaxris.models.ris.predictor import RisPredictor
   from jaxris.visualize import overlay
 
-  predictor = RisPredictor(model_dir, threshold)
+  predictor = text_predictor(model_dir, threshold)
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for i, ex in enumerate(examples):
     image = ex["image"] if "image" in ex else read_image(ex["image_path"])
     text = ex["sentences"][0]
-    mask = predictor.predict(image, text) > 0
+    mask = predictor(image, text) > 0
     side = np.concatenate([overlay(image, np.asarray(ex["mask"]) > 0, colour=(0, 200, 0)), overlay(image, mask)], axis=1)
     path = os.path.join(out_dir, f"{i:02d}_{re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')}.png")
     Image.fromarray(side).save(path)
     paths.append(path)
   return paths
+
+
+def text_predictor(model_dir: str, threshold: float = 0.35):
+  """A model exported by jaxris.train (DIT or EVF-SAM) -> predict(image, text) -> logits, > 0 = mask."""
+  if _weights_family(model_dir) == "evf_sam":
+    from jaxris.models.ris.evf_predictor import EvfPredictor
+    return EvfPredictor(model_dir).predict  # logits > 0, the official EVF-SAM threshold
+  from jaxris.models.ris.predictor import RisPredictor
+  return RisPredictor(model_dir, threshold).predict
 
 
 def run(args) -> dict:
@@ -169,8 +177,6 @@ def _run_evf(args, image, stem) -> dict:
 
 
 def _run_text(args, image, stem) -> dict:
-  from jaxris.models.ris.predictor import RisPredictor
-
   if not args.text or not args.text.strip():
     raise UsageError("--workdir needs a non-empty --text \"...\" (the referring expression)")
   if args.point or args.box is not None or args.multimask:
@@ -178,11 +184,11 @@ def _run_text(args, image, stem) -> dict:
   model_dir = os.path.join(args.workdir, "model")
   if not os.path.isdir(model_dir):
     raise UsageError(f"{model_dir} not found: train first (python -m jaxris.train --config ... --workdir {args.workdir})")
-  predictor = RisPredictor(model_dir)
-  logits = predictor.predict(image, args.text)[None]
+  logits = text_predictor(model_dir)(image, args.text)[None]
   area = float((logits[0] > 0).mean())
+  threshold = 0.0 if _weights_family(model_dir) == "evf_sam" else 0.35
   return write_outputs(args.out, stem, image, logits, np.array([1.0]),
-                       extra={"text": args.text, "threshold": 0.35, "mask_area_fraction": area})
+                       extra={"text": args.text, "threshold": threshold, "mask_area_fraction": area})
 
 
 def _run_sam(args, image, stem) -> dict:

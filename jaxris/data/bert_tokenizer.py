@@ -71,6 +71,8 @@ class BertTokenizer:
   def pad_token_id(self) -> int:
     return self._tokenizer.pad_token_id
 
+  pad_id = pad_token_id  # the name XlmrTokenizer uses
+
   def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
       raise TypeError("BertTokenizer takes a list of str (wrap a single text in a list)")

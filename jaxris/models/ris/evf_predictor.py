@@ -74,15 +74,14 @@ class EvfPredictor:
     return inputs, embeddings, jnp.asarray(np.stack([x["image_evf"] for x in inputs]))
 
   def _tokens(self, texts: list[str], rows: int):
-    """[rows, L] ids and mask: the texts, then padding rows (<s></s>, decoded and discarded)."""
+    """[rows, L] ids and mask: the texts, then padding rows (copies of the first, decoded and discarded)."""
     tokens = self.tokenizer(list(texts))
     ids, mask = tokens["input_ids"], tokens["attention_mask"]
     length = -(-ids.shape[1] // TEXT_LENGTH_STEP) * TEXT_LENGTH_STEP
     out_ids = np.full((rows, length), self.tokenizer.pad_id, np.int32)
     out_mask = np.zeros((rows, length), np.int32)
     out_ids[:len(texts), :ids.shape[1]], out_mask[:len(texts), :ids.shape[1]] = ids, mask
-    out_ids[len(texts):, :2] = (self.tokenizer.bos_id, self.tokenizer.eos_id)
-    out_mask[len(texts):, :2] = 1
+    out_ids[len(texts):], out_mask[len(texts):] = out_ids[0], out_mask[0]
     return jnp.asarray(out_ids), jnp.asarray(out_mask)
 
   def _postprocess(self, low_res, inp) -> np.ndarray:
