@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxris.models.beit3 import POSITION_OFFSET
 from jaxris.models.sam.sam import postprocess_masks, scale_coords
 
 TEXT_LENGTH_STEP = 16  # token counts are padded to a multiple of this
@@ -77,7 +78,8 @@ class EvfPredictor:
     """[rows, L] ids and mask: the texts, then padding rows (copies of the first, decoded and discarded)."""
     tokens = self.tokenizer(list(texts))
     ids, mask = tokens["input_ids"], tokens["attention_mask"]
-    length = -(-ids.shape[1] // TEXT_LENGTH_STEP) * TEXT_LENGTH_STEP
+    longest = self.model.cfg.beit3.max_source_positions - POSITION_OFFSET  # rows of BEiT-3's text table
+    length = max(min(-(-ids.shape[1] // TEXT_LENGTH_STEP) * TEXT_LENGTH_STEP, longest), ids.shape[1])
     out_ids = np.full((rows, length), self.tokenizer.pad_id, np.int32)
     out_mask = np.zeros((rows, length), np.int32)
     out_ids[:len(texts), :ids.shape[1]], out_mask[:len(texts), :ids.shape[1]] = ids, mask
