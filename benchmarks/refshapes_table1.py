@@ -1,4 +1,4 @@
-"""DIT-SAM's Table 1 (and EVF-SAM next to it) on the built-in RefShapes data, same budget per row.
+"""DIT-SAM's Table 1 (+ Table 2/4 rows, and EVF-SAM next to them) on the built-in RefShapes data, same budget per row.
 
   python benchmarks/refshapes_table1.py                         # every row, 300 steps each
   python benchmarks/refshapes_table1.py --rows ldit edit --steps 700
@@ -40,6 +40,10 @@ ROWS = {
     "ldit": ("L-DIT", "ldit_vitb", ""),
     "default_frozen": ("Default*", "default_vitb", "freeze=visual_encoder"),
     "add2_frozen": ("Add 2 decoder layers*", "add2_vitb", "freeze=visual_encoder"),
+    "token_ldit": ("L-DIT static tokens (Table 2)", "token_ldit_vitb", ""),
+    "token_edit": ("E-DIT + tokens (Table 2)", "token_edit_vitb", ""),
+    "crossatt": ("CrossAtt (Table 4)", "crossatt_vitb", ""),
+    "crossatt_ffn": ("CrossAtt+FFN (Table 4)", "crossatt_ffn_vitb", ""),
     "evf": ("EVF-SAM (early fusion)", "evf_sam_vith", ""),
 }
 SPLITS = ("val", "testA", "testB")
