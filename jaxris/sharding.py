@@ -30,10 +30,12 @@ _COLUMN = (r"attn\.qkv|mlp\.lin1|attention\.self\.(?:query|key|value)|intermedia
            r"|linear_[qkv]|ffn\.mlp\.fc\.linear")
 _ROW = (r"attn\.proj|mlp\.lin2|attention\.output\.dense|(?<!attention\.)output\.dense|out_proj|ffn\.fc2"
         r"|linear_merge|ffn\.mlp\.linear")
+# BEiT-3's multiway layers hold one copy per expert (vision .A, text .B): same rules for each.
+_EXPERT = r"(?:\.[AB])?"
 TENSOR_RULES: Sequence[tuple[str, tuple]] = (
-    (rf".*(?:{_COLUMN})\.kernel", ("fsdp", "tensor")),
-    (rf".*(?:{_COLUMN})\.bias", ("tensor",)),
-    (rf".*(?:{_ROW})\.kernel", ("tensor", "fsdp")),
+    (rf".*(?:{_COLUMN}){_EXPERT}\.kernel", ("fsdp", "tensor")),
+    (rf".*(?:{_COLUMN}){_EXPERT}\.bias", ("tensor",)),
+    (rf".*(?:{_ROW}){_EXPERT}\.kernel", ("tensor", "fsdp")),
 )
 
 

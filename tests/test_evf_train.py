@@ -94,3 +94,17 @@ def test_missing_evf_inputs_fail_fast(tmp_path, capsys):
   assert train(cfg, str(tmp_path / "w")) == 2
   err = capsys.readouterr().err
   assert "convert/beit3.py" in err and str(tmp_path / "no_beit3") in err
+
+
+def test_beit3_multiway_experts_get_tensor_parallel_rules():
+  from jax.sharding import PartitionSpec as P
+
+  from jaxris.sharding import make_mesh, param_spec
+  mesh = make_mesh((1, 2, 4))
+  prefix = "mm_extractor.beit3.encoder.layers.0."
+  for expert in "AB":
+    assert param_spec(f"{prefix}self_attn.q_proj.{expert}.kernel", (64, 64), mesh) == P("fsdp", "tensor")
+    assert param_spec(f"{prefix}self_attn.q_proj.{expert}.bias", (64,), mesh) == P("tensor")
+    assert param_spec(f"{prefix}self_attn.out_proj.{expert}.kernel", (64, 64), mesh) == P("tensor", "fsdp")
+    assert param_spec(f"{prefix}ffn.fc1.{expert}.kernel", (64, 256), mesh) == P("fsdp", "tensor")
+    assert param_spec(f"{prefix}ffn.fc2.{expert}.kernel", (256, 64), mesh) == P("tensor", "fsdp")
