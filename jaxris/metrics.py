@@ -27,6 +27,8 @@ All values are percentages; undefined ones (e.g. oIoU with no union at all) are 
 
 import numpy as np
 
+from jaxris.ops.resize import linear_taps
+
 __all__ = ["PRECISION_THRESHOLDS", "restore_original", "iou_counts", "RisMetrics"]
 
 # DIT's thresholds, np.arange(0.5, 1, 0.05) at indices 0, 2, 4, 6, 8, as reported names.
@@ -35,21 +37,13 @@ PRECISION_THRESHOLDS = {f"P@{x:.1f}": float(_ARANGE[i])
                         for x, i in zip((0.5, 0.6, 0.7, 0.8, 0.9), (0, 2, 4, 6, 8))}
 
 
-def _linear_taps(in_size, out_size):
-  """Bilinear interpolation with half-pixel centres (align_corners=False), no antialiasing,
-  clamped at the borders (cv2 INTER_LINEAR / torch bilinear): for each output, two
-  source indices and the weight of the second."""
-  x = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0)
-  x0 = np.minimum(np.floor(x).astype(np.int64), in_size - 1)
-  x1 = np.minimum(x0 + 1, in_size - 1)
-  return x0, x1, (x - x0).astype(np.float32)
-
-
 def _bilinear_resize(x, out_h, out_w):
   """float32 HxW -> out_h x out_w (widths first, then rows, as torch's kernel)."""
-  c0, c1, t = _linear_taps(x.shape[1], out_w)
+  c0, c1, t = linear_taps(x.shape[1], out_w)
+  t = t.astype(np.float32)
   x = x[:, c0] * (1 - t) + x[:, c1] * t
-  r0, r1, t = _linear_taps(x.shape[0], out_h)
+  r0, r1, t = linear_taps(x.shape[0], out_h)
+  t = t.astype(np.float32)
   return x[r0] * (1 - t)[:, None] + x[r1] * t[:, None]
 
 

@@ -21,18 +21,27 @@ def _source_coords(in_size: int, out_size: int) -> np.ndarray:
   return (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
 
 
+def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """1-D linear interpolation (torch 'linear'/'bilinear', cv2 INTER_LINEAR; half-pixel centres, no
+  antialiasing, clamped at the borders) as taps: per output, two source indices and the second's weight."""
+  src = np.maximum(_source_coords(in_size, out_size), 0.0)  # torch clamps negative coords for linear
+  return _taps(src, in_size)
+
+
 @functools.lru_cache(maxsize=64)
 def linear_matrix(in_size: int, out_size: int) -> np.ndarray:
   """[out, in] weights of 1-D linear interpolation (torch 'linear'/'bilinear')."""
-  src = np.maximum(_source_coords(in_size, out_size), 0.0)  # torch clamps negative coords for linear
-  return _two_tap_matrix(src, in_size)
+  return _two_tap_matrix(np.maximum(_source_coords(in_size, out_size), 0.0), in_size)
+
+
+def _taps(src: np.ndarray, in_size: int):
+  i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  return i0, np.minimum(i0 + 1, in_size - 1), src - i0
 
 
 def _two_tap_matrix(src: np.ndarray, in_size: int) -> np.ndarray:
   """Linear interpolation weights at fractional source positions `src` (one row each)."""
-  i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-  i1 = np.minimum(i0 + 1, in_size - 1)
-  frac = src - i0
+  i0, i1, frac = _taps(src, in_size)
   m = np.zeros((len(src), in_size))
   rows = np.arange(len(src))
   np.add.at(m, (rows, i0), 1.0 - frac)
