@@ -1,6 +1,7 @@
 """L-DIT ViT-B train step at 512 px (DIT's training setting), JAX vs a PyTorch reference, batch 2.
 
   python benchmarks/speed.py --only ldit_train
+  python benchmarks/speed_ldit_train.py --memory                         # the memory table only
   python benchmarks/speed_ldit_train.py --memory-run --batch 8 --remat   # one subprocess of the memory table
 
 The JAX step is jaxris.train's own update step (``create_trainer``: forward, BCE, backward,
@@ -118,11 +119,10 @@ def _torch_step(batch: int):
   return step
 
 
-def cases(args) -> list[dict]:
+def _time_steps(repeats: int, batch: int):
+  """Alternating JAX / PyTorch train steps -> (JAX seconds, PyTorch seconds) per round."""
   import jax
-  import torch
 
-  batch = 2
   trainer, data, _ = _jax_trainer(batch, remat=False)
   state = {"s": trainer.state}
 
@@ -133,31 +133,45 @@ def cases(args) -> list[dict]:
   run_ref = _torch_step(batch)
   run_jax(), run_ref()  # compile / warm up
   jax_t, ref_t = [], []
-  for _ in range(args.repeats):
+  for _ in range(repeats):
     jax_t.append(timing.median_seconds(run_jax, repeats=1, warmup=0))
     ref_t.append(timing.median_seconds(run_ref, repeats=1, warmup=0))
+  return jax_t, ref_t
+
+
+def cases(args) -> list[dict]:
+  import gc
+
+  import torch
+
+  batch = 2
+  jax_t, ref_t = _time_steps(args.repeats, batch)
+  gc.collect()  # both models and their optimizer states go before the memory table's fresh process
   flops = analytic_flops(batch)
   jax_s, ref_s = float(np.median(jax_t)), float(np.median(ref_t))
   print(f"# L-DIT ViT-B train step, batch {batch} at {SIZE}: analytic {flops / 1e12:.2f} TFLOP; JAX "
         f"{', '.join(f'{t:.1f}' for t in jax_t)} s = {batch / jax_s:.2f} img/s; PyTorch ({torch.get_num_threads()} "
         f"threads) {', '.join(f'{t:.1f}' for t in ref_t)} s = {batch / ref_s:.2f} img/s", flush=True)
-  del trainer, state
-  _print_memory()
+  print_memory()
   return [dict(case=f"L-DIT ViT-B train step {SIZE}px batch {batch}", jax_s=jax_s, ref_s=ref_s, flops=flops)]
 
 
-def _print_memory() -> None:
+def print_memory() -> None:
+  """XLA's planned peak per configuration, then the measured peak RSS of a fresh batch-8 process."""
   rows = []
   for batch in (2, 8):
     for remat in (False, True):
       trainer, data, _ = _jax_trainer(batch, remat)
       rows.append([f"batch {batch}" + (", remat" if remat else ""), _memory_gib(trainer, data)])
       del trainer, data
-  out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-run", "--batch", "8", "--remat"],
-                       capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-  print(f"# XLA-planned peak of the compiled L-DIT ViT-B train step (GiB); measured: {out}")
+  print("# XLA-planned peak of the compiled L-DIT ViT-B train step (GiB)")
   timing.print_table(["L-DIT ViT-B train step at 512", "XLA-planned peak GiB"], rows)
-  print()
+  run = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-run", "--batch", "8", "--remat"],
+                       capture_output=True, text=True)
+  lines = run.stdout.strip().splitlines()
+  print(f"# measured: {lines[-1]}" if run.returncode == 0 and lines else
+        f"# measured: the batch-8 remat process failed (exit {run.returncode}): {run.stderr.strip()[-300:]}")
+  print(flush=True)
 
 
 def _memory_run(batch: int, remat: bool) -> None:
@@ -175,10 +189,13 @@ def _memory_run(batch: int, remat: bool) -> None:
 if __name__ == "__main__":
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--memory-run", action="store_true", help="train 2 steps and print the peak RSS")
+  parser.add_argument("--memory", action="store_true", help="print the memory table only")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--remat", action="store_true")
   a = parser.parse_args()
   if a.memory_run:
     _memory_run(a.batch, a.remat)
+  elif a.memory:
+    print_memory()
   else:
     parser.print_help()
