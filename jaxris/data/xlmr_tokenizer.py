@@ -94,6 +94,12 @@ class XlmrTokenizer:
     """Number of ids the tokenizer can emit (beit3.spm: 64002; BEiT-3's table has 64010 rows)."""
     return len(self._tok)
 
+  def add_tokens(self, tokens: list[str]) -> dict[str, int]:
+    """Appends whole-word tokens after the sentencepiece vocabulary (a checkpoint's
+    added_tokens.json, e.g. EVF-SAM multitask's ``[semantic]``); returns the id of each."""
+    self._tok.add_tokens(list(tokens))
+    return {t: int(self._tok.convert_tokens_to_ids(t)) for t in tokens}
+
   def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
       raise TypeError("XlmrTokenizer takes a list of strings (wrap a single text in a list)")

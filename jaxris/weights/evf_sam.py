@@ -211,8 +211,7 @@ def load_tokenizer(directory: str, cfg: EvfConfig):
       wanted = sorted(json.load(f).items(), key=lambda kv: kv[1])
     # XlmrTokenizer reads the .model file only; transformers' from_pretrained would also read
     # added_tokens.json, which appends the tokens at these ids.
-    tok._tok.add_tokens([t for t, _ in wanted])
-    got = {t: tok._tok.convert_tokens_to_ids(t) for t, _ in wanted}
+    got = tok.add_tokens([t for t, _ in wanted])
     wrong = [f"{t}: {got[t]} != {i}" for t, i in wanted if got[t] != i]
     if wrong:
       raise ValueError(f"{added}: added tokens do not get their recorded ids ({', '.join(wrong)})")
