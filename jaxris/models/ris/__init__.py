@@ -91,9 +91,7 @@ def build(model_cfg, init_cfg, seed: int = 0):
   from jaxris.weights import bert as bert_weights
 
   bert_model, tokenizer = bert_weights.load(text_encoder_dir(init_cfg.bert))
-  # The neck's width is the prompt width: SAM's 256, or what a reduced recipe sets.
-  sam = sam_config(model_cfg.sam_variant, **{"out_chans": model_cfg.prompt_embed_dim, **dict(model_cfg.sam_overrides)})
-  sam = dataclasses.replace(sam, prompt_embed_dim=model_cfg.prompt_embed_dim, decoder_mlp_dim=model_cfg.decoder_mlp_dim)
+  sam = sam_for(model_cfg)
   cfg = RisConfig(scheme=model_cfg.scheme, sam=sam, bert=bert_model.config,
                   extra_decoder_layers=model_cfg.extra_decoder_layers, bert_layer=model_cfg.bert_layer,
                   slot_dropout=model_cfg.slot_dropout, remat=model_cfg.remat)
@@ -106,6 +104,12 @@ def build(model_cfg, init_cfg, seed: int = 0):
     updates.update(renamed)
   load_pretrained(model, updates)
   return model, cfg, tokenizer
+
+
+def sam_for(model_cfg):
+  """The recipe's SamConfig; the neck's width is the prompt width (SAM's 256, or a reduced recipe's)."""
+  sam = sam_config(model_cfg.sam_variant, **{"out_chans": model_cfg.prompt_embed_dim, **dict(model_cfg.sam_overrides)})
+  return dataclasses.replace(sam, prompt_embed_dim=model_cfg.prompt_embed_dim, decoder_mlp_dim=model_cfg.decoder_mlp_dim)
 
 
 def load_pretrained(model, updates: dict) -> None:

@@ -13,21 +13,16 @@ The projector (``text_hidden_fcs``) always starts from a random init, as in the 
 
 from __future__ import annotations
 
-import dataclasses
-
 from flax import nnx
 
 from jaxris.models.beit3 import BEiT3Config
+from jaxris.models.ris import DTYPES, load_pretrained, sam_for
 from jaxris.models.ris.evf import EvfConfig, EvfSam
-from jaxris.models.sam.sam import sam_config
 from jaxris.weights import store
-
-DTYPES = {"float32": None, "bfloat16": "bfloat16"}
 
 
 def evf_config(model_cfg, vocab_size: int | None = None) -> EvfConfig:
-  sam = sam_config(model_cfg.sam_variant, **{"out_chans": model_cfg.prompt_embed_dim, **dict(model_cfg.sam_overrides)})
-  sam = dataclasses.replace(sam, prompt_embed_dim=model_cfg.prompt_embed_dim, decoder_mlp_dim=model_cfg.decoder_mlp_dim)
+  sam = sam_for(model_cfg)
   sizes = getattr(BEiT3Config, model_cfg.beit3)  # base | large
   overrides = dict(model_cfg.beit3_overrides)
   if vocab_size and "vocab_size" not in overrides:
@@ -70,7 +65,6 @@ def build_evf(model_cfg, init_cfg, seed: int = 0):
     updates.update({f"mm_extractor.beit3.{k}": v for k, v in beit3_params.items()
                     if not k.startswith("vision_embed.mask_token")})
   if updates:
-    from jaxris.models.ris import load_pretrained
     load_pretrained(model, updates)
   return model, cfg, tokenizer
 
