@@ -15,7 +15,7 @@ is ignored by name), every parameter is filled with the right shape, and all mis
 listed at once. EVF-SAM2 (EvfSam2Model) and EVF-Effi-SAM (EvfEffiSamModel) are refused: their
 SAM-2 / EfficientSAM backbones are out of scope. DIR gets config.json + params.safetensors (no
 PyTorch needed to read them) and the tokenizer files, so it is self-contained; load it with
-jaxris.weights.evf_sam.load(DIR) or jaxris.models.ris.evf_predictor.EvfPredictor(DIR).
+jaxris.weights.evf_sam.load(DIR) or jaxris.inference.evf_predictor.EvfPredictor(DIR).
 """
 
 from __future__ import annotations

@@ -52,6 +52,6 @@ def export_params(workdir: str, family: str, config: dict, params: dict, vocab_f
       name = "vocab.txt" if vocab_file.endswith(".txt") else "sentencepiece.bpe.model"
       shutil.copy(vocab_file, os.path.join(out, name))
     if preprocess is not None:
-      from jaxris.models.ris.predictor import save_preprocess
+      from jaxris.inference.ris_predictor import save_preprocess
       save_preprocess(out, preprocess)
   return out

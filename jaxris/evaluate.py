@@ -126,14 +126,14 @@ def main(argv) -> int:
 
 def load_model(model_dir: str, cfg):
   """An exported model directory -> (model, tokenizer padding to the recipe's text length)."""
-  from jaxris.models import ris
+  from jaxris import build as ris
 
   if ris.family(cfg.model) == "evf":
     from jaxris.weights import evf_sam
     model, tokenizer = evf_sam.load(model_dir)
     tokenizer.max_length, tokenizer.pad_to_max_length = cfg.model.max_tokens, True
     return model, tokenizer
-  from jaxris.data.bert_tokenizer import BertTokenizer
+  from jaxris.text.bert_tokenizer import BertTokenizer
   from jaxris.weights import dit as dit_weights
   return dit_weights.load(model_dir), BertTokenizer.from_pretrained_dir(model_dir, max_length=cfg.data.max_tokens)
 

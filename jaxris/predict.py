@@ -130,9 +130,9 @@ def write_examples(model_dir: str, examples: list[dict], out_dir: str, threshold
 def text_predictor(model_dir: str, threshold: float = 0.35):
   """A model exported by jaxris.train (DIT or EVF-SAM) -> predict(image, text) -> logits, > 0 = mask."""
   if _weights_family(model_dir) == "evf_sam":
-    from jaxris.models.ris.evf_predictor import EvfPredictor
+    from jaxris.inference.evf_predictor import EvfPredictor
     return EvfPredictor(model_dir).predict  # logits > 0, the official EVF-SAM threshold
-  from jaxris.models.ris.predictor import RisPredictor
+  from jaxris.inference.ris_predictor import RisPredictor
   return RisPredictor(model_dir, threshold).predict
 
 
@@ -164,7 +164,7 @@ def _weights_family(directory: str) -> str | None:
 
 
 def _run_evf(args, image, stem) -> dict:
-  from jaxris.models.ris.evf_predictor import EvfPredictor
+  from jaxris.inference.evf_predictor import EvfPredictor
 
   if not args.text or not args.text.strip():
     raise UsageError("EVF-SAM weights need a non-empty --text \"...\" (the referring expression)")
@@ -192,7 +192,7 @@ def _run_text(args, image, stem) -> dict:
 
 
 def _run_sam(args, image, stem) -> dict:
-  from jaxris.models.sam.predictor import SamPredictor
+  from jaxris.inference.sam_predictor import SamPredictor
   from jaxris.weights import sam as sam_weights
 
   if not args.point and args.box is None:

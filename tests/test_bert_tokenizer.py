@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import transformers
 
-from jaxris.data.bert_tokenizer import BertTokenizer
+from jaxris.text.bert_tokenizer import BertTokenizer
 from jaxris.weights.bert import minilm_dir
 
 TRICKY = [

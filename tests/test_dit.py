@@ -68,7 +68,7 @@ def test_ldit_text_width_differs_from_vit():
 
 
 def test_text_changes_the_mask_and_zero_init_probs_do_not():
-  from jaxris.models.ris.default import RisConfig, RisSam
+  from jaxris.models.ris.dit_sam import RisConfig, RisSam
   from jaxris.models.sam.sam import sam_config
   cfg = RisConfig(scheme="ldit", sam=sam_config("vit_b", img_size=256, embed_dim=64, depth=2, num_heads=2),
                   bert=BertConfig(**BERT))

@@ -168,7 +168,7 @@ def _recipe(scheme):
 
 @pytest.mark.parametrize("scheme", NEW)
 def test_refshapes_recipe_trains_a_step(scheme, monkeypatch):
-  from jaxris.models import ris
+  from jaxris import build as ris
   from jaxris.models.bert import BertModel
   from jaxris.models.functional import split_params
   from jaxris.sharding import global_batch, make_mesh

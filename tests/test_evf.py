@@ -19,11 +19,11 @@ from transformers import AutoTokenizer
 
 import evf_reference as ref_lib
 from jaxris.data.pipeline import preprocess, preprocess_config
-from jaxris.data.xlmr_tokenizer import XlmrTokenizer
+from jaxris.text.xlmr_tokenizer import XlmrTokenizer
 from jaxris.metrics import restore_original
 from jaxris.models.beit3 import BEiT3Config
 from jaxris.models.ris.evf import EvfConfig, EvfSam
-from jaxris.models.ris.evf_predictor import EvfPredictor
+from jaxris.inference.evf_predictor import EvfPredictor
 from jaxris.models.sam.sam import sam_config
 from jaxris.weights import evf_sam, store
 from parity import assert_close

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 import evf_reference as ref_lib
-from jaxris.models.ris.evf_predictor import EvfPredictor
+from jaxris.inference.evf_predictor import EvfPredictor
 from jaxris.weights import evf_sam
 from jaxris.weights.mapping import ConversionError
 from parity import assert_close

@@ -67,7 +67,7 @@ def test_evf_frozen_parts_stay_fixed(tmp_path):
   restored = ckpt.Checkpointer(workdir, 2).restore(2, None)
   params = restored["params"]
   # Same seed, same init: an untrained build gives the starting point.
-  from jaxris.models import ris
+  from jaxris import build as ris
   from jaxris.models.functional import split_params
   model, _, _ = ris.build(cfg.model, cfg.init, cfg.seed)
   _, init, _ = split_params(model)

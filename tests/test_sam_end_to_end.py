@@ -5,7 +5,7 @@ import pytest
 import skimage.data
 from segment_anything import SamPredictor as OfficialPredictor
 
-from jaxris.models.sam.predictor import SamPredictor
+from jaxris.inference.sam_predictor import SamPredictor
 from parity import assert_close
 from sam_fixtures import convert, official_sam
 

@@ -11,7 +11,7 @@ from flax import nnx
 from jaxris.configs import dit_config
 from jaxris.models.bert import BertConfig
 from jaxris.models.functional import split_params
-from jaxris.models.ris.default import RisConfig, RisSam
+from jaxris.models.ris.dit_sam import RisConfig, RisSam
 from jaxris.models.sam.sam import sam_config
 from jaxris.sharding import global_batch, make_mesh
 from jaxris.train import create_trainer, train

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from jaxris.data.xlmr_tokenizer import XlmrTokenizer
+from jaxris.text.xlmr_tokenizer import XlmrTokenizer
 
 CORPUS = [
     "the man on the left holding an umbrella", "a red car parked near the tree", "zebra standing in tall grass",

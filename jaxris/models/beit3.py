@@ -15,7 +15,7 @@ converter in ``jaxris/weights/beit3.py`` is a table of renames and transposes.
 
 Inputs: ``images`` NHWC float [B, img_size, img_size, 3] already normalised (EVF-SAM:
 bicubic resize to 224, mean = std = 0.5); ``text_ids`` int [B, T] from
-``jaxris.data.xlmr_tokenizer``; ``text_mask`` int/bool [B, T], 1 = real token, 0 = padding
+``jaxris.text.xlmr_tokenizer``; ``text_mask`` int/bool [B, T], 1 = real token, 0 = padding
 (the tokenizer's ``attention_mask``; torchscale's ``text_padding_position`` is its inverse).
 
 What torchscale does and this port keeps (checked against torchscale 0.2.0/0.3.0, whose

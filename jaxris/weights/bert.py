@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from jaxris.data.bert_tokenizer import BertTokenizer
+from jaxris.text.bert_tokenizer import BertTokenizer
 from jaxris.models.bert import BertConfig, BertModel
 from jaxris.weights import mapping, store
 from jaxris.weights.mapping import Rule, identity, linear_kernel

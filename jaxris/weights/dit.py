@@ -18,7 +18,7 @@ import re
 import numpy as np
 from flax import nnx
 
-from jaxris.models.ris.default import RisConfig, RisSam
+from jaxris.models.ris.dit_sam import RisConfig, RisSam
 from jaxris.weights import bert as bert_weights
 from jaxris.weights import sam as sam_weights
 from jaxris.weights import store

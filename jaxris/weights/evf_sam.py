@@ -197,11 +197,11 @@ def load_tokenizer(directory: str, cfg: EvfConfig):
   A directory exported by jaxris.train from the CPU-sized RefShapes recipe holds MiniLM's WordPiece
   ``vocab.txt`` instead (its small BEiT-3 learnt that vocabulary): that gives a BertTokenizer.
   """
-  from jaxris.data.xlmr_tokenizer import XlmrTokenizer
+  from jaxris.text.xlmr_tokenizer import XlmrTokenizer
 
   if os.path.isfile(os.path.join(directory, "vocab.txt")) and not os.path.isfile(
       os.path.join(directory, TOKENIZER_FILES[0])):
-    from jaxris.data.bert_tokenizer import BertTokenizer
+    from jaxris.text.bert_tokenizer import BertTokenizer
     return BertTokenizer.from_pretrained_dir(directory, max_length=cfg.beit3.max_source_positions - POSITION_OFFSET)
   # Official inference does not truncate; the text position table holds 1022 tokens.
   tok = XlmrTokenizer(directory, max_length=cfg.beit3.max_source_positions - POSITION_OFFSET)

@@ -10,45 +10,14 @@ import json
 import os
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from safetensors.numpy import load_file, save_file
+
+# The model-state helpers live with the models; converters reach them through this module too.
+from jaxris.models.functional import WEIGHTS, assign_params, flat_params, param_shapes, path_name  # noqa: F401
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
-
-
-# Everything a checkpoint holds: trainable parameters and fixed buffers, but not RNG state.
-WEIGHTS = nnx.Not(nnx.RngState)
-
-
-def path_name(path: tuple) -> str:
-  return ".".join(str(p) for p in path)
-
-
-def flat_params(model: nnx.Module) -> dict[str, Any]:
-  """Dotted name -> array for every weight (parameters and buffers) of `model`."""
-  return {path_name(k): v.get_value() for k, v in nnx.to_flat_state(nnx.state(model, WEIGHTS))}
-
-
-def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
-  return {k: tuple(v.shape) for k, v in flat_params(model).items()}
-
-
-def assign_params(model: nnx.Module, params: dict[str, np.ndarray]) -> None:
-  """Writes `params` (dotted names, complete and exactly shaped) into `model` in place."""
-  flat = nnx.to_flat_state(nnx.state(model, WEIGHTS))
-  names = {path_name(k) for k, _ in flat}
-  missing, extra = sorted(names - params.keys()), sorted(params.keys() - names)
-  if missing or extra:
-    raise ValueError(f"parameter names do not match the model: missing {missing}, unexpected {extra}")
-  for path, var in flat:
-    value = params[path_name(path)]
-    if tuple(value.shape) != tuple(var.get_value().shape):
-      raise ValueError(f"{path_name(path)}: shape {tuple(value.shape)} != {tuple(var.get_value().shape)}")
-    var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))
-  nnx.update(model, nnx.from_flat_state(flat))
 
 
 def save(directory: str, family: str, config: dict, params: dict[str, np.ndarray]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from flax import nnx
 
 from jaxris.models.beit3 import BEiT3Config
-from jaxris.models.ris import DTYPES, load_pretrained, sam_for
+from jaxris.build import DTYPES, load_pretrained, sam_for
 from jaxris.models.ris.evf import EvfConfig, EvfSam
 from jaxris.weights import store
 
@@ -34,10 +34,10 @@ def evf_config(model_cfg, vocab_size: int | None = None) -> EvfConfig:
 def tokenizer_for(init_cfg, max_length: int):
   """The recipe's tokenizer: BEiT-3's sentencepiece, or MiniLM's WordPiece for RefShapes."""
   if init_cfg.tokenizer == "minilm":
-    from jaxris.data.bert_tokenizer import BertTokenizer
+    from jaxris.text.bert_tokenizer import BertTokenizer
     from jaxris.weights.bert import minilm_dir
     return BertTokenizer.from_pretrained_dir(minilm_dir(), max_length=max_length)
-  from jaxris.data.xlmr_tokenizer import XlmrTokenizer
+  from jaxris.text.xlmr_tokenizer import XlmrTokenizer
   return XlmrTokenizer(init_cfg.tokenizer, max_length=max_length, pad_to_max_length=True)
 
 

@@ -25,7 +25,7 @@ class RisPredictor:
   def __init__(self, model_dir: str, threshold: float = 0.35):
     from flax import nnx
 
-    from jaxris.data.bert_tokenizer import BertTokenizer
+    from jaxris.text.bert_tokenizer import BertTokenizer
     from jaxris.data.pipeline import preprocess_config
     from jaxris.weights import dit as dit_weights
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxris.models.bert import BertConfig, BertModel
-from jaxris.models.ris.dit import TextInjectedEncoder
+from jaxris.models.ris.dit_encoder import TextInjectedEncoder
 from jaxris.models.sam.mask_decoder import MaskDecoder
 from jaxris.models.sam.prompt_encoder import PromptEncoder
 from jaxris.models.sam.sam import SamConfig

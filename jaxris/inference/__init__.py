@@ -1,0 +1,1 @@
+"""Predictors: SAM (points/boxes/masks), DIT-SAM and EVF-SAM text prompting, from converted or exported weights."""

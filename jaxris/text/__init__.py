@@ -1,0 +1,1 @@
+"""Tokenizers: BERT WordPiece, XLM-R sentencepiece (BEiT-3 / EVF-SAM), CLIP BPE."""
