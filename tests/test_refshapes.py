@@ -147,6 +147,33 @@ def test_same_example_twice_and_in_another_process():
       _digest(refshapes.example(CONFIG, "train", i)) for i in range(10, 13)]
 
 
+# Image hash (sha256 of the uint8 bytes, 20 hex digits), sentences and `_digest` of a few
+# examples, computed with the single-module refshapes.py (commit 2679371) before it became a
+# package: any change to the scenes, the grammar or the pixels shows up here.
+OTHER = refshapes.RefShapesConfig(image_size=64, min_shapes=2, max_shapes=4, seed=3, noise=3.0)
+PINNED = [
+    (CONFIG, "train", 0, "385db55b9ae0bfb4443b", ["the smallest green shape"],
+     "d119e8e125c4ee98c711"),
+    (CONFIG, "val", 3, "f059b79224205db632f5",
+     ["the large purple square below the yellow shape"], "30342943cbcad368f06d"),
+    (CONFIG, "testA", 17, "345c0235de7223418685",
+     ["the orange shape", "the third shape from the left"], "d36134b52331d5661777"),
+    (CONFIG, "testB", 499, "796276f5a92586d11877",
+     ["the rightmost shape", "the largest diamond", "the second little diamond from the left"],
+     "4062e70749315bc1cab7"),
+    (OTHER, "train", 9, "19024d1a8175dcef56a1", ["the leftmost triangle", "the biggest triangle"],
+     "d9a95558e396f5589970"),
+]
+
+
+@pytest.mark.parametrize("config,split,index,image_hash,sentences,digest", PINNED)
+def test_pinned_examples_are_unchanged(config, split, index, image_hash, sentences, digest):
+  ex = refshapes.example(config, split, index)
+  assert ex["sentences"] == sentences
+  assert hashlib.sha256(ex["image"].tobytes()).hexdigest()[:20] == image_hash
+  assert _digest(ex)[:20] == digest
+
+
 def test_seed_changes_the_data():
   other = refshapes.RefShapesConfig(seed=1)
   assert _digest(refshapes.example(CONFIG, "train", 0)) != _digest(
