@@ -17,7 +17,7 @@ from PIL import Image
 
 import refcoco_fixture as fx
 from jaxris import metrics
-from jaxris.data import pipeline, refcoco
+from jaxris.data import image_io, pipeline, refcoco
 
 L = 64
 
@@ -95,7 +95,7 @@ def _torch_oracle_evf(image):
 def test_dit_eval_preprocessing_matches_the_official_transforms(root):
   for ex in refcoco.read_split(root, "refcoco", "train")[:1] + refcoco.read_split(
       root, "refcoco", "val"):  # A 30x40 RGB and a 36x24 grayscale JPEG.
-    image = pipeline.load_image(ex["image_path"])
+    image = image_io.read_image(ex["image_path"])
     mask = np.asarray(ex["mask"])
     out = pipeline.preprocess(image, mask, ex["sentences"][0], "dit")
     want_image, want_mask, offset, resized = _torch_oracle_dit(image, mask)
@@ -103,7 +103,7 @@ def test_dit_eval_preprocessing_matches_the_official_transforms(root):
     np.testing.assert_array_equal(out["mask"], want_mask)
     assert tuple(out["pad_offset"]) == offset and tuple(out["resized_size"]) == resized
     assert tuple(out["orig_size"]) == mask.shape
-  gray = pipeline.load_image(ex["image_path"])
+  gray = image_io.read_image(ex["image_path"])
   assert gray.shape == (36, 24, 3) and np.array_equal(gray[..., 0], gray[..., 2])
 
 
@@ -296,7 +296,7 @@ def test_bad_inputs_are_clear_errors():
   with pytest.raises(ValueError, match="must not exceed size"):
     pipeline.preprocess_config("dit", size=256)
   with pytest.raises(ValueError, match="must be uint8"):
-    pipeline.load_image(np.zeros((4, 4, 3), np.float32))
+    pipeline.preprocess(np.zeros((4, 4, 3), np.float32), None, "x", cfg)
   with pytest.raises(ValueError, match="mask values must be 0 or 1"):
     pipeline.preprocess(good[0]["image"], good[0]["mask"] * 255, "x", cfg)
   with pytest.raises(ValueError, match="differs from the image"):
@@ -311,19 +311,6 @@ def test_bad_inputs_are_clear_errors():
                              process_count=1)
   with pytest.raises(Exception, match="fixed length"):
     next(ds.as_numpy_iterator())
-
-
-def test_image_modes_are_converted(tmp_path):
-  rgba = np.random.default_rng(0).integers(0, 256, (5, 6, 4), dtype=np.uint8)
-  Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-  np.testing.assert_array_equal(pipeline.load_image(tmp_path / "a.png"), rgba[..., :3])
-  deep = (np.arange(30, dtype=np.uint16).reshape(5, 6) * 2000)
-  Image.fromarray(deep).save(tmp_path / "d.png")
-  got = pipeline.load_image(tmp_path / "d.png")
-  assert got.shape == (5, 6, 3) and got[4, 5, 0] == round(29 * 2000 / 257)
-  (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
-  with pytest.raises(ValueError, match="Cannot read image .*bad.jpg"):
-    pipeline.load_image(tmp_path / "bad.jpg")
 
 
 def test_script_with_a_live_training_iterator_exits(tmp_path):

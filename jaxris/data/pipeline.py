@@ -24,8 +24,8 @@ Recipes (`preprocess_config(recipe, **overrides)`; every field can be overridden
        mean = std = 0.5 on [0, 1]. Evaluation sentences are `.strip().lower()`-ed as in
        EVF-SAM's ValDataset.
 
-Deliberate differences: images are decoded with PIL's `.convert('RGB')` for every recipe
-(EVF-SAM uses cv2.imread; the two JPEG decoders can differ by a grey level here and
+Deliberate differences: images are decoded by PIL (`jaxris.data.image_io`, the same reader
+prediction uses) for every recipe (EVF-SAM uses cv2.imread; the two JPEG decoders can differ by a grey level here and
 there), and for sam/evf the mask is resized into the padded S x S frame like the image
 (EVF-SAM computes its loss on masks at the original size instead).
 
@@ -70,7 +70,6 @@ which instead repeats examples to even out the shards).
 import atexit
 import dataclasses
 import math
-import os
 import re
 import threading
 import time
@@ -79,7 +78,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-__all__ = ["PreprocessConfig", "RECIPES", "preprocess_config", "load_image", "preprocess",
+from jaxris.data.image_io import read_image, to_rgb_uint8
+
+__all__ = ["PreprocessConfig", "RECIPES", "preprocess_config", "preprocess",
            "swap_left_right", "process_range", "eval_positions", "expand_examples",
            "make_dataset", "original_masks"]
 
@@ -174,51 +175,6 @@ def _as_config(config) -> PreprocessConfig:
 
 # ------------------------------------------------------------------------------------------
 # One example.
-
-
-def load_image(image_or_path) -> np.ndarray:
-  """An HxWx3 uint8 RGB array from a file path or an array.
-
-  Grayscale, palette, CMYK, RGBA (alpha dropped, like the official `.convert('RGB')`)
-  and 16-bit images are converted; anything else is an error naming the input.
-  """
-  if isinstance(image_or_path, np.ndarray):
-    return _rgb_array(image_or_path)
-  path = str(image_or_path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"Image file {path} does not exist.")
-  try:
-    with Image.open(path) as img:
-      img.load()
-      return _pil_to_rgb(img, path)
-  except (OSError, Image.DecompressionBombError) as e:
-    raise ValueError(f"Cannot read image {path}: {e}") from e
-
-
-def _pil_to_rgb(img, where):
-  if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-    values = np.asarray(img)
-    if values.min() < 0 or values.max() > 65535:
-      raise ValueError(f"{where}: integer image with values outside 16 bits.")
-    gray = np.round(values.astype(np.float64) / 257).astype(np.uint8)
-    return np.repeat(gray[:, :, None], 3, axis=2)
-  if img.mode == "F":
-    raise ValueError(f"{where}: floating-point images are not supported; save it as 8-bit.")
-  return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def _rgb_array(image):
-  if image.dtype == np.uint16:
-    image = np.round(image.astype(np.float64) / 257).astype(np.uint8)
-  if image.dtype != np.uint8:
-    raise ValueError(f"Image arrays must be uint8 (or uint16), got {image.dtype}.")
-  if image.ndim == 2:
-    image = image[:, :, None]
-  if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-    raise ValueError(f"Image arrays must be HxW, HxWx1, HxWx3 or HxWx4, got {image.shape}.")
-  if image.shape[2] == 1:
-    image = np.repeat(image, 3, axis=2)
-  return np.ascontiguousarray(image[:, :, :3])
 
 
 def _binary_mask(mask, shape, where):
@@ -329,7 +285,7 @@ def preprocess(image, mask, sentence: str, config, *, train: bool = False,
   """Turns one (image, mask, sentence) into model input with the recipe's steps.
 
   Args:
-    image: HxWx3 uint8 RGB (see `load_image`).
+    image: uint8 (or uint16) RGB, grayscale or RGBA array (`image_io.to_rgb_uint8`).
     mask: HxW {0, 1} (or bool) array, or None (an all-zero mask).
     sentence: the referring expression.
     config: a PreprocessConfig, recipe name or mapping.
@@ -342,7 +298,7 @@ def preprocess(image, mask, sentence: str, config, *, train: bool = False,
     image_evf float32 [E,E,3].
   """
   cfg = _as_config(config)
-  image = _rgb_array(np.asarray(image))
+  image = to_rgb_uint8(image)
   height, width = image.shape[:2]
   mask = (np.zeros((height, width), bool) if mask is None
           else _binary_mask(mask, (height, width), "preprocess"))
@@ -623,7 +579,7 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
     if sentence_index < 0:
       sentence_index = int(rng.integers(len(ex["sentences"])))
     where = f"example {ex_index} ({ex.get('image_path', 'image array')})"
-    image = load_image(ex["image"] if "image" in ex else ex["image_path"])
+    image = to_rgb_uint8(ex["image"]) if "image" in ex else read_image(ex["image_path"])
     mask = _binary_mask(ex["mask"], image.shape[:2], where)
     out = preprocess(image, mask, ex["sentences"][sentence_index], cfg, train=train, rng=rng)
     out.update(tokenize(out.pop("text")))
