@@ -27,7 +27,7 @@ All values are percentages; undefined ones (e.g. oIoU with no union at all) are 
 
 import numpy as np
 
-from jaxris.ops.resize import linear_taps
+from jaxris.ops.resize import resize_hw
 
 __all__ = ["PRECISION_THRESHOLDS", "restore_original", "iou_counts", "RisMetrics"]
 
@@ -35,16 +35,6 @@ __all__ = ["PRECISION_THRESHOLDS", "restore_original", "iou_counts", "RisMetrics
 _ARANGE = np.arange(0.5, 1, 0.05)
 PRECISION_THRESHOLDS = {f"P@{x:.1f}": float(_ARANGE[i])
                         for x, i in zip((0.5, 0.6, 0.7, 0.8, 0.9), (0, 2, 4, 6, 8))}
-
-
-def _bilinear_resize(x, out_h, out_w):
-  """float32 HxW -> out_h x out_w (widths first, then rows, as torch's kernel)."""
-  c0, c1, t = linear_taps(x.shape[1], out_w)
-  t = t.astype(np.float32)
-  x = x[:, c0] * (1 - t) + x[:, c1] * t
-  r0, r1, t = linear_taps(x.shape[0], out_h)
-  t = t.astype(np.float32)
-  return x[r0] * (1 - t)[:, None] + x[r1] * t[:, None]
 
 
 def _restore_one(pred, orig_size, resized_size, pad_offset):
@@ -59,7 +49,7 @@ def _restore_one(pred, orig_size, resized_size, pad_offset):
   crop = pred[top:top + new_h, left:left + new_w].astype(np.float32)
   if (new_h, new_w) == (height, width):
     return crop
-  return _bilinear_resize(crop, height, width)
+  return resize_hw(crop, (height, width), "bilinear")
 
 
 def restore_original(pred, meta):

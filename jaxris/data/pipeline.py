@@ -79,6 +79,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from jaxris.data.image_io import read_image, to_rgb_uint8
+from jaxris.ops.resize import resize_hw
 
 __all__ = ["PreprocessConfig", "RECIPES", "preprocess_config", "preprocess",
            "swap_left_right", "process_range", "eval_positions", "expand_examples",
@@ -238,45 +239,11 @@ def _jitter(img, cfg, rng):
   return img
 
 
-def _cubic_taps(in_size, out_size):
-  """PyTorch's bicubic interpolation (A = -0.75, align_corners=False, no antialiasing,
-  border taps clamped) as 4 source indices and weights per output: int [out, 4] and
-  float32 [out, 4]. Positions and coefficients are float32 as in PyTorch's CPU kernel,
-  whose position scale * (i + 0.5) - 0.5 is one fused multiply-add (in float64 the
-  positions move by ~1e-5 pixel and the output by ~1e-4)."""
-  f32 = np.float32
-  a = f32(-0.75)
-  scale = f32(in_size) / f32(out_size)
-  half = np.arange(out_size).astype(f32) + f32(0.5)
-  x = (np.float64(scale) * half.astype(np.float64) - 0.5).astype(f32)  # fma, one rounding.
-  x0 = np.floor(x)
-  t = x - x0
-  one, two, five, eight, four = f32(1), f32(2), f32(5), f32(8), f32(4)
-
-  def far(x):  # |x| in [1, 2]
-    return ((a * x - five * a) * x + eight * a) * x - four * a
-
-  def near(x):  # |x| in [0, 1]
-    return ((a + two) * x - (a + f32(3))) * x * x + one
-
-  weights = np.stack([far(t + one), near(t), near(one - t), far((one - t) + one)], axis=1)
-  index = np.clip(x0.astype(np.int64)[:, None] + np.arange(-1, 3), 0, in_size - 1)
-  return index, weights.astype(f32)
-
-
-def _bicubic_resize(x, out_h, out_w):
-  """float32 HxWxC -> out_h x out_w x C like torch's bicubic (widths first, then rows)."""
-  index, weights = _cubic_taps(x.shape[1], out_w)
-  cols = sum(x[:, index[:, k]] * weights[None, :, k, None] for k in range(4))
-  index, weights = _cubic_taps(x.shape[0], out_h)
-  return sum(cols[index[:, k]] * weights[:, k, None, None] for k in range(4))
-
-
 def _evf_view(image, cfg):
   """EVF-SAM's BEiT-3 input: ToTensor, bicubic squash to evf_size^2, Normalize."""
   x = image.astype(np.float32) / np.float32(255)
   if x.shape[:2] != (cfg.evf_size, cfg.evf_size):  # torchvision skips same-size resizes.
-    x = _bicubic_resize(x, cfg.evf_size, cfg.evf_size)
+    x = resize_hw(x, (cfg.evf_size, cfg.evf_size), "bicubic")
   return (x - np.float32(cfg.evf_mean)) / np.float32(cfg.evf_std)
 
 
