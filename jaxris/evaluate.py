@@ -53,7 +53,8 @@ def evaluate_split(forward, params, examples, preprocess, tokenizer, batch_size:
   from tqdm import tqdm
 
   from jaxris import metrics as ris_metrics
-  from jaxris.data.pipeline import make_dataset, original_masks
+  from jaxris.data.loader import make_dataset
+  from jaxris.data.transforms import original_masks
   from jaxris.sharding import BATCH, global_batch
 
   examples = list(examples)[:limit] if limit else list(examples)

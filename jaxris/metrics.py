@@ -59,7 +59,7 @@ def restore_original(pred, meta):
     pred: [S, S] or [B, S, S] (logits, probabilities or a 0/1 mask; also [..., 1]).
     meta: mapping with orig_size, resized_size, pad_offset ((h, w), (h, w), (top, left)),
       [2] for one prediction or [B, 2] for a batch: a batch from
-      `jaxris.data.pipeline.make_dataset` works as is.
+      `jaxris.data.loader.make_dataset` works as is.
 
   Returns:
     float32 [H, W], or for a batch a list of float32 [H_i, W_i] (0x0 for padding).
@@ -70,7 +70,7 @@ def restore_original(pred, meta):
   keys = ("orig_size", "resized_size", "pad_offset")
   missing = [k for k in keys if k not in meta]
   if missing:
-    raise ValueError(f"restore_original needs {missing} in meta (the pipeline's batch fields).")
+    raise ValueError(f"restore_original needs {missing} in meta (the loader's batch fields).")
   sizes = [np.asarray(meta[k]) for k in keys]
   if pred.ndim == 2:
     return _restore_one(pred, *sizes)

@@ -136,7 +136,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
   from jaxris import checkpoint as ckpt
   from jaxris import evaluate as ev
   from jaxris.data import inputs
-  from jaxris.data.pipeline import make_dataset
+  from jaxris.data.loader import make_dataset
   from jaxris import build as ris
   from jaxris.models.functional import buffers, split_params
   from jaxris.sharding import global_batch, make_mesh

@@ -18,7 +18,7 @@ from flax import nnx
 from transformers import AutoTokenizer
 
 import evf_reference as ref_lib
-from jaxris.data.pipeline import preprocess, preprocess_config
+from jaxris.data.transforms import preprocess, preprocess_config
 from jaxris.text.xlmr_tokenizer import XlmrTokenizer
 from jaxris.metrics import restore_original
 from jaxris.models.beit3 import BEiT3Config

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxris.data import image_io, pipeline
+from jaxris.data import image_io, loader, transforms
 
 
 def _tokenizer(texts):
@@ -22,14 +22,14 @@ def test_16_bit_png_and_array_give_the_same_pixels_for_training_and_prediction(t
   np.testing.assert_array_equal(predicted, want)
   np.testing.assert_array_equal(image_io.to_rgb_uint8(deep), want)
 
-  cfg = pipeline.preprocess_config("dit", size=8, train_sizes=(8,))
-  seen_in_prediction = pipeline.preprocess(predicted, None, "x", cfg)["image"]  # RisPredictor
-  np.testing.assert_array_equal(pipeline.preprocess(deep, None, "x", cfg)["image"],
+  cfg = transforms.preprocess_config("dit", size=8, train_sizes=(8,))
+  seen_in_prediction = transforms.preprocess(predicted, None, "x", cfg)["image"]  # RisPredictor
+  np.testing.assert_array_equal(transforms.preprocess(deep, None, "x", cfg)["image"],
                                 seen_in_prediction)
   mask = np.zeros(deep.shape, np.uint8)
   for source in ({"image_path": str(path)}, {"image": deep}):  # Training and evaluation.
-    ds = pipeline.make_dataset([dict(source, mask=mask, sentences=["x"])], cfg, _tokenizer, 1,
-                               train=False, process_index=0, process_count=1)
+    ds = loader.make_dataset([dict(source, mask=mask, sentences=["x"])], cfg, _tokenizer, 1,
+                             train=False, process_index=0, process_count=1)
     np.testing.assert_array_equal(next(ds.as_numpy_iterator())["image"][0], seen_in_prediction)
 
 

@@ -1,4 +1,5 @@
-"""The tf.data pipeline: official preprocessing, flip, sampling, multi-host evaluation."""
+"""The data pipeline: transforms (official preprocessing, flip) and the tf.data loader
+(sampling, multi-host evaluation)."""
 
 import os
 import subprocess
@@ -17,7 +18,7 @@ from PIL import Image
 
 import refcoco_fixture as fx
 from jaxris import metrics
-from jaxris.data import image_io, pipeline, refcoco
+from jaxris.data import image_io, loader, refcoco, transforms
 
 L = 64
 
@@ -97,7 +98,7 @@ def test_dit_eval_preprocessing_matches_the_official_transforms(root):
       root, "refcoco", "val"):  # A 30x40 RGB and a 36x24 grayscale JPEG.
     image = image_io.read_image(ex["image_path"])
     mask = np.asarray(ex["mask"])
-    out = pipeline.preprocess(image, mask, ex["sentences"][0], "dit")
+    out = transforms.preprocess(image, mask, ex["sentences"][0], "dit")
     want_image, want_mask, offset, resized = _torch_oracle_dit(image, mask)
     np.testing.assert_array_equal(out["image"], want_image)  # Bit-exact: same PIL ops.
     np.testing.assert_array_equal(out["mask"], want_mask)
@@ -110,7 +111,7 @@ def test_dit_eval_preprocessing_matches_the_official_transforms(root):
 def test_evf_preprocessing_matches_the_official_transforms():
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (300, 451, 3), dtype=np.uint8)  # Odd sizes: rounding matters.
-  out = pipeline.preprocess(image, None, " The LEFT one ", "evf")
+  out = transforms.preprocess(image, None, " The LEFT one ", "evf")
   want_image, want_beit, resized = _torch_oracle_evf(image)
   assert tuple(out["resized_size"]) == resized and tuple(out["pad_offset"]) == (0, 0)
   np.testing.assert_array_equal(out["image"], want_image)
@@ -129,10 +130,10 @@ def test_flip_swaps_image_mask_and_text_together():
   examples = [{"image": image, "mask": mask, "sentences": [sentence]}]
 
   def first(flip_prob, flip_swap="substring"):
-    cfg = pipeline.preprocess_config("dit", size=32, train_sizes=(32,), jitter_prob=0.0,
-                                     flip_prob=flip_prob, flip_swap=flip_swap)
-    ds = pipeline.make_dataset(examples * 2, cfg, char_tokenizer, 2, train=True, seed=3,
-                               process_index=0, process_count=1)
+    cfg = transforms.preprocess_config("dit", size=32, train_sizes=(32,), jitter_prob=0.0,
+                                       flip_prob=flip_prob, flip_swap=flip_swap)
+    ds = loader.make_dataset(examples * 2, cfg, char_tokenizer, 2, train=True, seed=3,
+                             process_index=0, process_count=1)
     batch = next(ds.as_numpy_iterator())
     return batch, decode(batch["input_ids"][0], batch["attention_mask"][0])
 
@@ -155,25 +156,25 @@ def test_flip_swaps_image_mask_and_text_together():
 def test_train_augmentation_scales_jitter_and_determinism():
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
-  cfg = pipeline.preprocess_config("dit", size=64, train_sizes=(64, 48, 32), flip_prob=0.0,
-                                   jitter_prob=1.0)
+  cfg = transforms.preprocess_config("dit", size=64, train_sizes=(64, 48, 32), flip_prob=0.0,
+                                     jitter_prob=1.0)
   seen = set()
   for seed in range(12):
-    out = pipeline.preprocess(image, None, "x", cfg, train=True,
-                              rng=np.random.default_rng(seed))
-    seen.add(int(out["resized_size"].max()))
-    again = pipeline.preprocess(image, None, "x", cfg, train=True,
+    out = transforms.preprocess(image, None, "x", cfg, train=True,
                                 rng=np.random.default_rng(seed))
+    seen.add(int(out["resized_size"].max()))
+    again = transforms.preprocess(image, None, "x", cfg, train=True,
+                                  rng=np.random.default_rng(seed))
     np.testing.assert_array_equal(out["image"], again["image"])
   assert seen == {64, 48, 32}
-  plain = pipeline.preprocess(image, None, "x", pipeline.preprocess_config(
+  plain = transforms.preprocess(image, None, "x", transforms.preprocess_config(
       "dit", size=64, train_sizes=(64,), flip_prob=0.0, jitter_prob=0.0), train=True,
       rng=np.random.default_rng(0))
-  jittered = pipeline.preprocess(image, None, "x", pipeline.preprocess_config(
+  jittered = transforms.preprocess(image, None, "x", transforms.preprocess_config(
       "dit", size=64, train_sizes=(64,), flip_prob=0.0, jitter_prob=1.0), train=True,
       rng=np.random.default_rng(0))
   assert np.abs(plain["image"] - jittered["image"]).mean() > 0.01
-  blurred = pipeline.preprocess(image, None, "x", pipeline.preprocess_config(
+  blurred = transforms.preprocess(image, None, "x", transforms.preprocess_config(
       "dit", size=64, train_sizes=(64,), flip_prob=0.0, jitter_prob=0.0, blur_prob=1.0),
       train=True, rng=np.random.default_rng(0))
   assert blurred["image"].std() < plain["image"].std()  # Blur smooths the noise.
@@ -185,7 +186,7 @@ def test_train_augmentation_scales_jitter_and_determinism():
 
 @pytest.mark.parametrize("n,count,batch", [(13, 2, 2), (1, 2, 4), (8, 2, 2), (29, 3, 3)])
 def test_eval_positions_cover_each_item_once(n, count, batch):
-  shards = [pipeline.eval_positions(n, batch, i, count) for i in range(count)]
+  shards = [loader.eval_positions(n, batch, i, count) for i in range(count)]
   assert len({len(s) for s in shards}) == 1 and len(shards[0]) % batch == 0
   valid = np.concatenate([s[s >= 0] for s in shards])
   assert sorted(valid.tolist()) == list(range(n))
@@ -194,11 +195,11 @@ def test_eval_positions_cover_each_item_once(n, count, batch):
 def test_eval_padding_with_two_processes_counts_every_example_once():
   sentences = [1, 3, 2, 1, 1, 4, 1]  # 13 expressions.
   examples = synthetic(len(sentences), sentences)
-  cfg = pipeline.preprocess_config("dit", size=24, train_sizes=(24,))
+  cfg = transforms.preprocess_config("dit", size=24, train_sizes=(24,))
   seen, batches = [], []
   for process in (0, 1):
-    ds = pipeline.make_dataset(examples, cfg, char_tokenizer, batch_size=4, train=False,
-                               process_index=process, process_count=2)
+    ds = loader.make_dataset(examples, cfg, char_tokenizer, batch_size=4, train=False,
+                             process_index=process, process_count=2)
     process_batches = list(ds.as_numpy_iterator())
     batches.append(len(process_batches))
     for b in process_batches:
@@ -217,9 +218,9 @@ def test_eval_padding_with_two_processes_counts_every_example_once():
   totals = []
   for process in (0, 1):
     m = metrics.RisMetrics(threshold=0.5)
-    for b in pipeline.make_dataset(examples, cfg, char_tokenizer, 4, train=False,
-                                   process_index=process, process_count=2).as_numpy_iterator():
-      m.update(metrics.restore_original(b["mask"], b), pipeline.original_masks(examples, b),
+    for b in loader.make_dataset(examples, cfg, char_tokenizer, 4, train=False,
+                                 process_index=process, process_count=2).as_numpy_iterator():
+      m.update(metrics.restore_original(b["mask"], b), transforms.original_masks(examples, b),
                valid=b["_mask"])
     totals.append(m.state())
   result = metrics.RisMetrics.from_state(totals[0] + totals[1]).result()
@@ -229,9 +230,9 @@ def test_eval_padding_with_two_processes_counts_every_example_once():
 def test_train_sentence_sampling_random_per_ref_or_all():
   sentences = [3, 1, 2, 4]
   examples = synthetic(4, sentences)
-  cfg = pipeline.preprocess_config("dit", size=16, train_sizes=(16,))
-  ds = pipeline.make_dataset(examples, cfg, char_tokenizer, 2, train=True, seed=5,
-                             process_index=0, process_count=1)
+  cfg = transforms.preprocess_config("dit", size=16, train_sizes=(16,))
+  ds = loader.make_dataset(examples, cfg, char_tokenizer, 2, train=True, seed=5,
+                           process_index=0, process_count=1)
   it = ds.as_numpy_iterator()
   ids = [next(it) for _ in range(20)]  # 10 epochs of 4 refs.
   order = np.concatenate([b["example_id"] for b in ids])
@@ -242,17 +243,17 @@ def test_train_sentence_sampling_random_per_ref_or_all():
   for ex_id, n in enumerate(sentences):  # A random sentence each time.
     picks = chosen[order == ex_id]
     assert picks.max() < n and (n == 1 or len(set(picks)) > 1)
-  again = next(pipeline.make_dataset(examples, cfg, char_tokenizer, 2, train=True, seed=5,
-                                     process_index=0, process_count=1).as_numpy_iterator())
+  again = next(loader.make_dataset(examples, cfg, char_tokenizer, 2, train=True, seed=5,
+                                   process_index=0, process_count=1).as_numpy_iterator())
   np.testing.assert_array_equal(again["image"], ids[0]["image"])  # Reproducible.
-  every = pipeline.make_dataset(examples, cfg, char_tokenizer, 2, train=True, seed=5,
-                                train_sentences="all", process_index=0, process_count=1)
+  every = loader.make_dataset(examples, cfg, char_tokenizer, 2, train=True, seed=5,
+                              train_sentences="all", process_index=0, process_count=1)
   it = every.as_numpy_iterator()
   pairs = [(int(i), int(j)) for b in [next(it) for _ in range(5)]
            for i, j in zip(b["example_id"], b["sentence_index"])]
   assert sorted(pairs) == [(i, j) for i, n in enumerate(sentences) for j in range(n)]
   # Two processes train on disjoint halves.
-  shards = [set(pipeline.expand_examples(examples, False)[slice(*pipeline.process_range(
+  shards = [set(loader.expand_examples(examples, False)[slice(*loader.process_range(
       4, p, 2))][:, 0].tolist()) for p in (0, 1)]
   assert shards == [{0, 1}, {2, 3}]
 
@@ -260,13 +261,13 @@ def test_train_sentence_sampling_random_per_ref_or_all():
 def test_refcoco_files_through_the_pipeline_and_back(root):
   examples = refcoco.read_split(root, "refcoco", "train") + refcoco.read_split(
       root, "grefcoco", "train")
-  ds = pipeline.make_dataset(examples, "dit", char_tokenizer, 3, train=False,
-                             process_index=0, process_count=1)
+  ds = loader.make_dataset(examples, "dit", char_tokenizer, 3, train=False,
+                           process_index=0, process_count=1)
   m = metrics.RisMetrics(threshold=0.5)
   n = 0
   for b in ds.as_numpy_iterator():
     restored = metrics.restore_original(b["mask"], b)
-    gts = pipeline.original_masks(examples, b)
+    gts = transforms.original_masks(examples, b)
     for k in np.flatnonzero(b["_mask"]):
       ex = examples[b["example_id"][k]]
       assert tuple(b["orig_size"][k]) == (ex["height"], ex["width"])
@@ -281,34 +282,39 @@ def test_refcoco_files_through_the_pipeline_and_back(root):
 
 def test_bad_inputs_are_clear_errors():
   good = synthetic(2, [1, 1])
-  cfg = pipeline.preprocess_config("dit", size=16, train_sizes=(16,))
+  cfg = transforms.preprocess_config("dit", size=16, train_sizes=(16,))
   with pytest.raises(ValueError, match="Example 1 needs a 'mask'"):
-    pipeline.make_dataset([good[0], {"image": good[1]["image"], "sentences": ["x"]}], cfg,
-                          char_tokenizer, 2, train=False, process_index=0, process_count=1)
+    loader.make_dataset([good[0], {"image": good[1]["image"], "sentences": ["x"]}], cfg,
+                        char_tokenizer, 2, train=False, process_index=0, process_count=1)
   with pytest.raises(ValueError, match="non-empty 'sentences'"):
-    pipeline.make_dataset([dict(good[0], sentences=[])], cfg, char_tokenizer, 1, train=False,
-                          process_index=0, process_count=1)
+    loader.make_dataset([dict(good[0], sentences=[])], cfg, char_tokenizer, 1, train=False,
+                        process_index=0, process_count=1)
   with pytest.raises(ValueError, match="multiple of the process count 2"):
-    pipeline.make_dataset(good, cfg, char_tokenizer, 3, train=False, process_index=0,
-                          process_count=2)
+    loader.make_dataset(good, cfg, char_tokenizer, 3, train=False, process_index=0,
+                        process_count=2)
   with pytest.raises(ValueError, match="Unknown preprocessing option.*sizes"):
-    pipeline.preprocess_config("dit", sizes=3)
+    transforms.preprocess_config("dit", sizes=3)
   with pytest.raises(ValueError, match="must not exceed size"):
-    pipeline.preprocess_config("dit", size=256)
+    transforms.preprocess_config("dit", size=256)
   with pytest.raises(ValueError, match="must be uint8"):
-    pipeline.preprocess(np.zeros((4, 4, 3), np.float32), None, "x", cfg)
+    transforms.preprocess(np.zeros((4, 4, 3), np.float32), None, "x", cfg)
   with pytest.raises(ValueError, match="mask values must be 0 or 1"):
-    pipeline.preprocess(good[0]["image"], good[0]["mask"] * 255, "x", cfg)
+    transforms.preprocess(good[0]["image"], good[0]["mask"] * 255, "x", cfg)
   with pytest.raises(ValueError, match="differs from the image"):
-    pipeline.preprocess(good[0]["image"], good[0]["mask"][:5], "x", cfg)
+    transforms.preprocess(good[0]["image"], good[0]["mask"][:5], "x", cfg)
+
+  bad_mask = loader.make_dataset([dict(good[0], mask=good[0]["mask"][:5])], cfg, char_tokenizer,
+                                 1, train=False, process_index=0, process_count=1)
+  with pytest.raises(Exception, match=r"Example 0 \(image array\): The mask's shape"):
+    next(bad_mask.as_numpy_iterator())
 
   def ragged(texts):
     out = char_tokenizer(texts)
     n = max(len(t) for t in texts) + 2
     return {k: v[:, :n] for k, v in out.items()}
 
-  ds = pipeline.make_dataset(good, cfg, ragged, 2, train=False, process_index=0,
-                             process_count=1)
+  ds = loader.make_dataset(good, cfg, ragged, 2, train=False, process_index=0,
+                           process_count=1)
   with pytest.raises(Exception, match="fixed length"):
     next(ds.as_numpy_iterator())
 
@@ -318,11 +324,11 @@ def test_script_with_a_live_training_iterator_exits(tmp_path):
   script = tmp_path / "live.py"
   script.write_text(textwrap.dedent("""
       import numpy as np
-      from jaxris.data import pipeline
+      from jaxris.data import loader, transforms
       tok = lambda texts: {"input_ids": np.zeros((len(texts), 4), np.int32)}
       ex = {"image": np.zeros((8, 8, 3), np.uint8), "mask": np.zeros((8, 8), np.uint8),
             "sentences": ["a"]}
-      ds = pipeline.make_dataset([ex] * 4, pipeline.preprocess_config(
+      ds = loader.make_dataset([ex] * 4, transforms.preprocess_config(
           "dit", size=16, train_sizes=(16,)), tok, 2, train=True, process_index=0,
           process_count=1)
       it = ds.as_numpy_iterator()
@@ -334,27 +340,38 @@ def test_script_with_a_live_training_iterator_exits(tmp_path):
   assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def test_transforms_do_not_import_tensorflow():
+  """Predictors preprocess with `transforms`; TensorFlow belongs to the loader alone."""
+  code = ("import sys\n"
+          "import jaxris.data.transforms, jaxris.data.image_io, jaxris.metrics\n"
+          "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert done.stdout.strip() == "[]"
+
+
 def test_config_from_recipe_mapping_and_configdict():
   import ml_collections
-  cfg = pipeline._as_config(ml_collections.ConfigDict(
+  cfg = transforms.as_preprocess_config(ml_collections.ConfigDict(
       {"recipe": "sam", "size": 512, "train_sizes": [512]}))
   assert (cfg.size, cfg.train_sizes, cfg.pad, cfg.pixel_divisor) == (512, (512,),
                                                                       "bottom_right", 1.0)
-  assert pipeline._as_config("evf").evf_size == 224
-  assert pipeline._as_config({"flip_prob": 0.0}).train_sizes[-1] == 320  # DIT by default.
+  assert transforms.as_preprocess_config("evf").evf_size == 224
+  dit_by_default = transforms.as_preprocess_config({"flip_prob": 0.0})
+  assert dit_by_default.train_sizes[-1] == 320
   with pytest.raises(ValueError, match="Unknown recipe 'lavt'"):
-    pipeline._as_config("lavt")
+    transforms.as_preprocess_config("lavt")
   with pytest.raises(ValueError, match="pad must be one of"):
-    pipeline.preprocess_config("dit", pad="left")
+    transforms.preprocess_config("dit", pad="left")
 
 
 def test_skip_batches_resumes_the_same_stream():
   examples = synthetic(5, [2, 1, 3, 1, 2])
-  cfg = pipeline.preprocess_config("dit", size=16, train_sizes=(16,))
+  cfg = transforms.preprocess_config("dit", size=16, train_sizes=(16,))
   args = (examples, cfg, char_tokenizer, 2, True, 9, 0, 1)  # The positional order.
-  full = pipeline.make_dataset(*args).as_numpy_iterator()
+  full = loader.make_dataset(*args).as_numpy_iterator()
   stream = [next(full) for _ in range(6)]
-  resumed = pipeline.make_dataset(*args, skip_batches=4).as_numpy_iterator()
+  resumed = loader.make_dataset(*args, skip_batches=4).as_numpy_iterator()
   for want in stream[4:]:
     got = next(resumed)
     np.testing.assert_array_equal(got["image"], want["image"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from jaxris.data import pipeline
+from jaxris.data import transforms
 
 _DIT_SIDE = 512
 
@@ -44,12 +44,12 @@ def eval_examples(cfg, split: str) -> list[dict]:
   return _read(cfg, split)
 
 
-def preprocess_for(cfg) -> pipeline.PreprocessConfig:
+def preprocess_for(cfg) -> transforms.PreprocessConfig:
   """The recipe's preprocessing at its input size; DIT's training scales shrink with it."""
   size = cfg.data.image_size
   overrides = {"size": size}
   if cfg.data.preprocess == "dit":
-    dit = pipeline.preprocess_config("dit")
+    dit = transforms.preprocess_config("dit")
     overrides["train_sizes"] = tuple(sorted({max(1, round(s * size / _DIT_SIDE)) for s in dit.train_sizes},
                                             reverse=True))
   else:  # SAM / EVF-SAM: no scale augmentation, the longest side is the input size
@@ -59,4 +59,4 @@ def preprocess_for(cfg) -> pipeline.PreprocessConfig:
   if cfg.data.name == "refshapes":
     # Colour words carry the meaning here; the flip (with left/right swapped) stays.
     overrides["jitter_prob"] = 0.0
-  return pipeline.preprocess_config(cfg.data.preprocess, **overrides)
+  return transforms.preprocess_config(cfg.data.preprocess, **overrides)

@@ -35,7 +35,7 @@ Datasets and splits (names as in the official files):
 Split selection follows refer.py's getRefIds: train/val match exactly, testA/testB
 match any split containing the letter (testAB too), test any split containing "test".
 
-Each example (one per ref; `jaxris.data.pipeline` expands them to one per sentence
+Each example (one per ref; `jaxris.data.loader` expands them to one per sentence
 for evaluation) is a dict:
   image_path    str, the COCO image file
   sentences     list[str], the ref's expressions in file order

@@ -48,7 +48,7 @@ class EvfPredictor:
     return predictor
 
   def _setup(self, model, tokenizer):
-    from jaxris.data.pipeline import preprocess_config
+    from jaxris.data.transforms import preprocess_config
 
     self.model, self.tokenizer = model, tokenizer
     self.img_size = model.cfg.sam.encoder.img_size
@@ -68,7 +68,7 @@ class EvfPredictor:
     return low_res[:, 0]
 
   def _prepare(self, images):
-    from jaxris.data.pipeline import preprocess
+    from jaxris.data.transforms import preprocess
 
     inputs = [preprocess(np.asarray(image), None, "", self.preprocess, train=False) for image in images]
     embeddings = self._encode(self._state, jnp.asarray(np.stack([x["image"] for x in inputs])))

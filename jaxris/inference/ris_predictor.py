@@ -26,7 +26,7 @@ class RisPredictor:
     from flax import nnx
 
     from jaxris.text.bert_tokenizer import BertTokenizer
-    from jaxris.data.pipeline import preprocess_config
+    from jaxris.data.transforms import preprocess_config
     from jaxris.weights import dit as dit_weights
 
     path = os.path.join(model_dir, PREPROCESS_FILE)
@@ -42,7 +42,7 @@ class RisPredictor:
   def predict(self, image: np.ndarray, text: str) -> np.ndarray:
     """uint8 RGB [H, W, 3] and a phrase -> float32 mask logits [H, W] at the original size,
     shifted so that > 0 means sigmoid(logit) > threshold."""
-    from jaxris.data.pipeline import preprocess
+    from jaxris.data.transforms import preprocess
     from jaxris.metrics import restore_original
 
     inp = preprocess(image, None, text, self.preprocess, train=False)

@@ -1,0 +1,318 @@
+"""The tf.data loader: examples -> shuffled, augmented, tokenized batches, sharded per process.
+
+`make_dataset` runs `jaxris.data.transforms.preprocess` on each example through
+`tf.numpy_function`, in parallel (PIL releases the GIL); tf.data does the sharding,
+shuffling, batching and prefetching. TensorFlow is imported only when a dataset is made,
+and never sees an accelerator.
+
+Tokenization happens inside the per-example function, after the flip has edited the
+sentence: `tokenizer(texts: list[str]) -> dict(input_ids=int[N, L], attention_mask=...,
+...)` is called with one sentence at a time, under a lock (Hugging Face fast tokenizers
+are not safe to call from several threads at once). Every 2-D array it returns becomes
+a batch field of the same name; L must be the same for every call (pad to a fixed
+length).
+
+Batches (`make_dataset(...).as_numpy_iterator()`) are dicts of numpy arrays, B being
+the per-process batch size `batch_size // process_count`:
+  image          float32 [B, S, S, 3]  normalised, padded
+  mask           float32 [B, S, S]     in [0, 1] (soft at edges with bilinear resizing)
+  input_ids, attention_mask, ...      int32 [B, L] from the tokenizer
+  image_evf      float32 [B, 224, 224, 3]  (evf recipe only)
+  orig_size      int32 [B, 2]  (height, width) of the original image
+  resized_size   int32 [B, 2]  (height, width) after resizing, before padding
+  pad_offset     int32 [B, 2]  (top, left) of the resized image inside the S x S input
+  example_id     int32 [B]     index into `examples`; -1 for padding
+  sentence_index int32 [B]     which of the example's sentences was used
+  no_target      bool [B]      the example's `no_target` flag (gRefCOCO)
+  _mask          bool [B]      False for the padding examples of evaluation batches
+
+`jaxris.metrics.restore_original(pred, batch)` undoes the resize and padding;
+`jaxris.data.transforms.original_masks(examples, batch)` gives the ground truth at the
+original size.
+
+Multi-host: each process reads a contiguous shard of the (expanded) examples, as
+big_vision's input_pipeline does with tfds.even_splits. Training repeats its shard
+forever, reshuffled each epoch. Evaluation pads every shard with masked examples
+(`_mask` False, example_id -1) to the same number of full batches,
+ceil(max shard / B), so all processes run the same number of steps and every example
+is counted exactly once (the official DIT/EVF loaders use torch's DistributedSampler,
+which instead repeats examples to even out the shards).
+"""
+
+import atexit
+import math
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxris.data.image_io import read_image, to_rgb_uint8
+from jaxris.data.transforms import as_preprocess_config, preprocess
+
+__all__ = ["expand_examples", "process_range", "eval_positions", "make_dataset"]
+
+
+# ------------------------------------------------------------------------------------------
+# Sampling and sharding.
+
+
+def expand_examples(examples: Sequence[dict], per_sentence: bool) -> np.ndarray:
+  """int64 [N, 2] (example index, sentence index) items; sentence -1 = draw one at random."""
+  items = []
+  for i, ex in enumerate(examples):
+    n = len(ex["sentences"])
+    items.extend([(i, j) for j in range(n)] if per_sentence else [(i, -1)])
+  return np.array(items, np.int64).reshape(-1, 2)
+
+
+def process_range(num_items: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """[start, stop) of this process's contiguous shard; sizes differ by at most one."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
+  base, extra = divmod(num_items, process_count)
+  start = process_index * base + min(process_index, extra)
+  return start, start + base + (process_index < extra)
+
+
+def eval_positions(num_items: int, local_batch_size: int, process_index: int,
+                   process_count: int) -> np.ndarray:
+  """This process's item positions for evaluation, padded with -1 to full batches.
+
+  Every process gets ceil(ceil(num_items / process_count) / local_batch_size) batches,
+  so all run the same number of steps; the -1 entries become masked padding examples.
+  """
+  start, stop = process_range(num_items, process_index, process_count)
+  longest = -(-num_items // process_count)
+  num_batches = max(1, math.ceil(longest / local_batch_size))
+  positions = np.full(num_batches * local_batch_size, -1, np.int64)
+  positions[:stop - start] = np.arange(start, stop)
+  return positions
+
+
+# ------------------------------------------------------------------------------------------
+# tf.data.
+
+
+class _ExitDrain:
+  """Lets the interpreter exit while a tf.data iterator of ours is still alive.
+
+  When a script ends with an unfinished iterator in a global variable, Python's
+  finalization destroys it, and TF's iterator destructor waits for the in-flight
+  numpy_function calls, which can no longer take the GIL: the process hangs. An atexit
+  hook (atexit runs before finalization, while threads still get the GIL) makes every
+  new call return a dummy element at once and waits until no call has been in flight
+  for a while; the pipeline's buffers are then full and it stays idle.
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._inflight = 0
+    self.exiting = False
+    self._registered = False
+
+  def register(self):
+    with self._lock:
+      if not self._registered:
+        atexit.register(self.drain)
+        self._registered = True
+
+  def enter(self) -> bool:
+    with self._lock:
+      self._inflight += 1
+      return not self.exiting
+
+  def leave(self):
+    with self._lock:
+      self._inflight -= 1
+
+  def drain(self, quiet_s=0.05, timeout_s=30.0):
+    self.exiting = True
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+      with self._lock:
+        idle = self._inflight == 0
+      now = time.monotonic()
+      quiet_since = (quiet_since or now) if idle else None
+      if quiet_since is not None and now - quiet_since >= quiet_s:
+        return
+      time.sleep(0.005)
+
+
+_EXIT_DRAIN = _ExitDrain()
+
+
+class _Tokenize:
+  """Calls the tokenizer on one sentence at a time, under a lock, checking its output."""
+
+  def __init__(self, tokenizer):
+    self._tokenizer = tokenizer
+    self._lock = threading.Lock()
+    probe = self._call("probe")
+    self.length = next(iter(probe.values())).shape[0]
+    self.keys = tuple(probe)
+
+  def _call(self, text):
+    with self._lock:
+      out = self._tokenizer([text])
+    arrays = {}
+    for key, value in out.items():  # Integer [1, L] arrays (or nested lists) become fields.
+      try:
+        value = np.asarray(value)
+      except (TypeError, ValueError):
+        continue
+      if value.ndim == 2 and value.shape[0] == 1 and (
+          np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_):
+        arrays[key] = value[0].astype(np.int32)
+    if "input_ids" not in arrays:
+      raise ValueError("The tokenizer must return a dict with 2-D arrays [N, L], at least "
+                       f"input_ids; got keys {sorted(out)}.")
+    lengths = {v.shape[0] for v in arrays.values()}
+    if len(lengths) != 1:
+      raise ValueError(f"The tokenizer's arrays have different lengths {sorted(lengths)}.")
+    return arrays
+
+  def __call__(self, text):
+    arrays = self._call(text)
+    length = next(iter(arrays.values())).shape[0]
+    if length != self.length or tuple(arrays) != self.keys:
+      raise ValueError(f"The tokenizer returned length {length} and keys {tuple(arrays)} for "
+                       f"{text!r}, but {self.length} and {self.keys} before: it must pad every "
+                       "sentence to one fixed length.")
+    return arrays
+
+
+def _check_examples(examples):
+  if not examples:
+    raise ValueError("make_dataset got no examples.")
+  for i, ex in enumerate(examples):
+    problems = []
+    if "image" not in ex and "image_path" not in ex:
+      problems.append("an 'image' array or an 'image_path'")
+    if "mask" not in ex:
+      problems.append("a 'mask'")
+    sentences = ex.get("sentences")
+    if (not isinstance(sentences, (list, tuple)) or not sentences
+        or not all(isinstance(s, str) for s in sentences)):
+      problems.append("a non-empty 'sentences' list of str")
+    if problems:
+      raise ValueError(f"Example {i} needs {' and '.join(problems)}; it has keys {sorted(ex)}.")
+
+
+def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_size: int,
+                 train: bool, seed: int = 0, process_index: int | None = None,
+                 process_count: int | None = None, *, train_sentences: str = "random",
+                 num_parallel_calls: int | None = None, prefetch: int = 2,
+                 skip_batches: int = 0):
+  """A tf.data.Dataset of batches (dicts; fields in the module docstring).
+
+  Args:
+    examples: dicts as `jaxris.data.refcoco.read_split` returns (or RefShapes): an
+      'image' uint8 array or an 'image_path', 'mask' (HxW {0,1} array or RleMask) and
+      'sentences'; 'no_target' is optional.
+    preprocess_config: PreprocessConfig, recipe name ('dit', 'sam', 'evf') or mapping.
+    tokenizer: callable list[str] -> dict of int arrays [N, L] (module docstring).
+    batch_size: the global batch size; each process yields batch_size // process_count.
+    train: True: infinite, shuffled each epoch, augmented, drop_remainder. False: one
+      pass, one example per sentence, padded with masked examples (`_mask` False).
+    seed: seeds the shuffle and every augmentation; the stream is reproducible.
+    process_index, process_count: this process's shard; default jax.process_index() and
+      jax.process_count().
+    train_sentences: "random": one item per example (ref) with a sentence drawn at random
+      each time it is seen (the DIT loader's way); "all": one item per sentence.
+    num_parallel_calls: parallel per-example calls (default tf.data.AUTOTUNE).
+    prefetch: batches to prefetch.
+    skip_batches: training only: start the stream this many batches in, without loading the
+      skipped examples (a resumed run continues exactly where the checkpoint left off).
+  """
+  import tensorflow as tf  # Host-only; keep TF away from any accelerator.
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF already initialised (by an earlier call): leave it as set then.
+    pass
+
+  if process_index is None or process_count is None:
+    import jax
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} must be a positive multiple of the process "
+                     f"count {process_count}.")
+  if train_sentences not in ("random", "all"):
+    raise ValueError(f"train_sentences must be 'random' or 'all', got {train_sentences!r}.")
+  _check_examples(examples)
+  cfg = as_preprocess_config(preprocess_config)
+  tokenize = _Tokenize(tokenizer)
+  local_batch = batch_size // process_count
+  items = expand_examples(examples, per_sentence=not train or train_sentences == "all")
+
+  specs = {  # name -> (numpy dtype, shape)
+      "image": (np.float32, (cfg.size, cfg.size, 3)),
+      "mask": (np.float32, (cfg.size, cfg.size)),
+      **{k: (np.int32, (tokenize.length,)) for k in tokenize.keys},
+      **({"image_evf": (np.float32, (cfg.evf_size, cfg.evf_size, 3))} if cfg.evf_size else {}),
+      "orig_size": (np.int32, (2,)),
+      "resized_size": (np.int32, (2,)),
+      "pad_offset": (np.int32, (2,)),
+      "example_id": (np.int32, ()),
+      "sentence_index": (np.int32, ()),
+      "no_target": (np.bool_, ()),
+      "_mask": (np.bool_, ()),
+  }
+  names = tuple(specs)
+
+  def padding():  # Evaluation padding: zeros, example_id -1, _mask False.
+    return tuple(np.full(shape, -1 if k == "example_id" else 0, dtype)
+                 for k, (dtype, shape) in specs.items())
+
+  def load(position, counter):
+    try:
+      if not _EXIT_DRAIN.enter() or position < 0:
+        return padding()
+      return load_example(position, counter)
+    finally:
+      _EXIT_DRAIN.leave()
+
+  def load_example(position, counter):
+    ex_index, sentence_index = (int(v) for v in items[position])
+    ex = examples[ex_index]
+    rng = np.random.default_rng([seed, process_index, int(counter)]) if train else None
+    if sentence_index < 0:
+      sentence_index = int(rng.integers(len(ex["sentences"])))
+    try:
+      image = to_rgb_uint8(ex["image"]) if "image" in ex else read_image(ex["image_path"])
+      out = preprocess(image, ex["mask"], ex["sentences"][sentence_index], cfg, train=train,
+                       rng=rng)
+    except ValueError as e:  # Name the example: tf.data reports only the message.
+      raise ValueError(f"Example {ex_index} ({ex.get('image_path', 'image array')}): {e}") from e
+    out.update(tokenize(out.pop("text")))
+    out.update(example_id=np.int32(ex_index), sentence_index=np.int32(sentence_index),
+               no_target=np.bool_(ex.get("no_target", False)), _mask=np.bool_(True))
+    return tuple(np.asarray(out[k], dtype=specs[k][0]) for k in names)
+
+  def tf_load(counter, position):
+    values = tf.numpy_function(load, [position, counter],
+                               [tf.as_dtype(dtype) for dtype, _ in specs.values()],
+                               stateful=False)
+    return {k: tf.ensure_shape(v, specs[k][1]) for k, v in zip(names, values)}
+
+  _EXIT_DRAIN.register()
+  start, stop = process_range(len(items), process_index, process_count)
+  if train:
+    if stop - start < local_batch:
+      raise ValueError(f"Process {process_index} has {stop - start} training items, fewer than "
+                       f"its batch size {local_batch}.")
+    ds = tf.data.Dataset.from_tensor_slices(np.arange(start, stop, dtype=np.int64))
+    ds = ds.shuffle(stop - start, seed=seed + 7919 * process_index,
+                    reshuffle_each_iteration=True).repeat()
+  else:
+    positions = eval_positions(len(items), local_batch, process_index, process_count)
+    ds = tf.data.Dataset.from_tensor_slices(positions)
+  ds = ds.enumerate()  # The counter seeds each element's augmentation.
+  if train and skip_batches:
+    ds = ds.skip(skip_batches * local_batch)  # before the map: skipped examples are never loaded
+  ds = ds.map(tf_load, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
+              deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  return ds.prefetch(prefetch) if prefetch else ds
