@@ -1,5 +1,5 @@
-"""RefShapes: determinism, expressions checked by an independent parser, exact masks,
-the held-out split, shards, distractors, and the tf.data path."""
+"""RefShapes: determinism and pinned examples, expressions checked by an independent parser,
+exact masks, the held-out split, distractors, and the contact-sheet command."""
 
 import collections
 import hashlib
@@ -308,17 +308,6 @@ def test_split_sizes_and_bad_requests():
     refshapes.RefShapesConfig(min_shapes=5, max_shapes=4)
 
 
-@pytest.mark.parametrize("count", [2, 3])
-def test_shards_cover_every_index_once(count):
-  for split in refshapes.SPLITS:
-    shards = [refshapes.shard_indices(SMALL, split, p, count) for p in range(count)]
-    seen = [i for shard in shards for i in shard]
-    assert sorted(seen) == seen == list(range(refshapes.split_size(SMALL, split)))
-    assert max(map(len, shards)) - min(map(len, shards)) <= 1
-  with pytest.raises(ValueError):
-    refshapes.shard_indices(SMALL, "train", count, count)
-
-
 def test_most_targets_have_a_same_kind_or_same_colour_distractor():
   for split in refshapes.SPLITS:
     hits = []
@@ -330,26 +319,9 @@ def test_most_targets_have_a_same_kind_or_same_colour_distractor():
     assert np.mean(hits) >= 0.85, (split, np.mean(hits))
 
 
-def test_tf_dataset_yields_the_same_arrays_as_example():
-  for process in range(2):
-    ds = refshapes.as_tf_dataset(SMALL, "train", process_index=process, process_count=2)
-    got = list(ds.as_numpy_iterator())
-    indices = refshapes.shard_indices(SMALL, "train", process, 2)
-    assert len(got) == len(indices)
-    for index, row in zip(indices, got):
-      want = refshapes.example(SMALL, "train", index)
-      assert set(row) == set(want)
-      np.testing.assert_array_equal(row["image"], want["image"])
-      np.testing.assert_array_equal(row["mask"], want["mask"])
-      assert [s.decode() for s in row["sentences"]] == want["sentences"]
-      for key in ("ref_id", "image_id", "bbox", "category_ids", "ann_ids"):
-        np.testing.assert_array_equal(row[key], want[key], err_msg=key)
-  spec = ds.element_spec
-  assert spec["image"].shape == (128, 128, 3) and spec["mask"].shape == (128, 128)
-
-
 def test_contact_sheet_command(tmp_path, capsys):
-  refshapes.main(["--out", str(tmp_path), "--split", "testB", "--count", "5"])
+  from jaxris.data.refshapes.__main__ import main
+  main(["--out", str(tmp_path), "--split", "testB", "--count", "5"])
   path = tmp_path / "refshapes_testB_0.png"
   assert capsys.readouterr().out.strip() == str(path)
   from PIL import Image
@@ -357,6 +329,12 @@ def test_contact_sheet_command(tmp_path, capsys):
   assert sheet.shape[1] == 4 * (2 * 128 + 8) and sheet.shape[0] > 2 * (2 * 128)
   assert sheet.std() > 10    # images were drawn, not a blank page
   with pytest.raises(SystemExit) as exit_:
-    refshapes.main(["--help"])
+    main(["--help"])
   assert exit_.value.code == 0
   assert "contact sheet" in capsys.readouterr().out
+  # The documented command line runs the same main.
+  done = subprocess.run([sys.executable, "-m", "jaxris.data.refshapes", "--out",
+                         str(tmp_path / "cli"), "--split", "val", "--count", "2"],
+                        capture_output=True, text=True, check=True,
+                        cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+  assert done.stdout.strip() == str(tmp_path / "cli" / "refshapes_val_0.png")
