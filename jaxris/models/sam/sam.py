@@ -20,22 +20,25 @@ from PIL import Image
 from jaxris.models.sam.image_encoder import ImageEncoderConfig, ImageEncoderViT
 from jaxris.models.sam.mask_decoder import MaskDecoder
 from jaxris.models.sam.prompt_encoder import PromptEncoder
+from jaxris.models.sam.tiny_vit import TinyViT, TinyViTConfig
 from jaxris.ops.resize import linear_matrix, resize_axis
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
-# The official build_sam_vit_{b,l,h} encoders.
+# The official build_sam_vit_{b,l,h} encoders, and MobileSAM's build_sam_vit_t (a TinyViT encoder).
 VARIANTS: dict[str, dict[str, Any]] = {
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
     "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
     "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+    "vit_t": dict(embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
+                  window_sizes=(7, 7, 14, 7)),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class SamConfig:
-  encoder: ImageEncoderConfig = ImageEncoderConfig()
+  encoder: ImageEncoderConfig | TinyViTConfig = ImageEncoderConfig()
   prompt_embed_dim: int = 256
   mask_in_chans: int = 16
   decoder_depth: int = 2
@@ -52,6 +55,8 @@ class SamConfig:
   def from_dict(cls, d: dict) -> "SamConfig":
     d = dict(d)
     enc = dict(d.pop("encoder"))
+    if "embed_dims" in enc:  # one width per stage: TinyViT (vit_t)
+      return cls(encoder=TinyViTConfig.from_dict(enc), **d)
     enc["global_attn_indexes"] = tuple(enc["global_attn_indexes"])
     return cls(encoder=ImageEncoderConfig(**enc), **d)
 
@@ -61,6 +66,8 @@ def sam_config(variant: str = "vit_b", img_size: int = 1024, **encoder_overrides
   if variant not in VARIANTS:
     raise ValueError(f"unknown SAM variant {variant!r}; choose from {sorted(VARIANTS)}")
   enc = {**VARIANTS[variant], "img_size": img_size, **encoder_overrides}
+  if variant == "vit_t":
+    return SamConfig(encoder=TinyViTConfig.from_dict(enc))
   enc["global_attn_indexes"] = tuple(i for i in enc["global_attn_indexes"] if i < enc["depth"])
   return SamConfig(encoder=ImageEncoderConfig(**enc))
 
@@ -69,7 +76,8 @@ class Sam(nnx.Module):
   def __init__(self, cfg: SamConfig, *, rngs: nnx.Rngs, dtype=None):
     self.cfg = cfg
     grid = cfg.encoder.grid
-    self.image_encoder = ImageEncoderViT(cfg.encoder, rngs=rngs, dtype=dtype)
+    encoder = TinyViT if isinstance(cfg.encoder, TinyViTConfig) else ImageEncoderViT
+    self.image_encoder = encoder(cfg.encoder, rngs=rngs, dtype=dtype)
     self.prompt_encoder = PromptEncoder(cfg.prompt_embed_dim, (grid, grid), (cfg.encoder.img_size,) * 2,
                                         cfg.mask_in_chans, rngs=rngs)
     self.mask_decoder = MaskDecoder(cfg.prompt_embed_dim, cfg.decoder_depth, cfg.decoder_mlp_dim,
