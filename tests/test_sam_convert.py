@@ -113,3 +113,12 @@ def test_cli_reports_bad_checkpoint(state_dict, tmp_path):
 def test_load_names_missing_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match="convert/sam.py"):
     sam_weights.load(str(tmp_path / "nowhere"))
+
+
+def test_converters_run_as_modules_and_by_path():
+  # The CLIs ship in the package (python -m jaxris.convert.X); convert/ links to them for checkouts.
+  assert os.path.realpath(os.path.join(REPO, "convert")) == os.path.join(REPO, "jaxris", "convert")
+  for name in ("sam", "bert", "beit3", "evf_sam"):
+    for how in (["-m", f"jaxris.convert.{name}"], [os.path.join(REPO, "convert", f"{name}.py")]):
+      run = subprocess.run([sys.executable, *how, "--help"], capture_output=True, text=True, cwd="/")
+      assert run.returncode == 0 and "--src" in run.stdout and "--out" in run.stdout, (how, run.stderr)

@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from jaxris.models.beit3 import POSITION_OFFSET, BEiT3, BEiT3Config, abstract_model
-from jaxris.weights import store
+from jaxris.weights import reader, store
 from jaxris.weights.mapping import ConversionError, Rule, conv_kernel, convert, identity, linear_kernel
 
 FAMILY = "beit3"
@@ -85,6 +85,7 @@ def _shape(state_dict: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
 def infer_config(state_dict: Mapping[str, np.ndarray], prefix: str = PREFIX,
                  num_heads: int | None = None) -> BEiT3Config:
   """The encoder's sizes, read from the tensor shapes of the keys under `prefix`."""
+  state_dict = reader.lazy(state_dict).stand_ins()  # shapes only: no tensor read
   vocab, width = _shape(state_dict, f"{prefix}text_embed.weight")
   _, chans, patch, _ = _shape(state_dict, f"{prefix}vision_embed.proj.weight")
   vision_rows = _shape(state_dict, f"{prefix}encoder.embed_positions.A.weight")[0]
@@ -110,49 +111,24 @@ def infer_config(state_dict: Mapping[str, np.ndarray], prefix: str = PREFIX,
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], prefix: str = PREFIX,
                        ignore: Sequence[str] = UNILM_HEADS, cfg: BEiT3Config | None = None,
-                       num_heads: int | None = None) -> tuple[BEiT3Config, dict[str, np.ndarray]]:
+                       num_heads: int | None = None) -> tuple[BEiT3Config, reader.StateDict]:
   """A state_dict holding a torchscale BEiT3 under `prefix` -> (config, jaxris params); strict.
 
   Every key must be a BEiT-3 tensor under `prefix` or match one of the `ignore` regexes
   (full match); every parameter must be filled with the right shape. All problems are
-  listed in one ConversionError.
+  listed in one ConversionError. The params are lazy (see jaxris.weights.mapping.convert).
   """
-  state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
+  state_dict = reader.lazy(state_dict)
   cfg = cfg or infer_config(state_dict, prefix, num_heads)
   shapes = store.param_shapes(abstract_model(cfg))
   params = convert(state_dict, rules(prefix), shapes, ignore=ignore, what=f"BEiT-3 checkpoint ({prefix!r} keys)")
   return cfg, params
 
 
-def read_checkpoint(path: str) -> dict[str, np.ndarray]:
-  """Reads a .pth (safely: weights_only; the state_dict under "model" or "module" if there).
-
-  Tensors become float32 numpy arrays (bf16/fp16 checkpoints too).
-  """
-  import argparse
-  import pickle
-
-  import torch  # only the converter needs PyTorch
-
-  # Training scripts (unilm utils.save_model) store their argparse.Namespace next to the
-  # weights; it is a plain attribute bag, so it is allowed on top of weights_only's tensors
-  # and containers. Anything else that is not plain data is refused by torch.load.
-  with torch.serialization.safe_globals([argparse.Namespace]):
-    try:
-      obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-      raise ConversionError(f"{path} holds objects that are not plain data, refused by torch.load("
-                            f"weights_only=True); re-save only its state_dict. torch says: {e}") from None
-  for key in ("model", "module"):
-    if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-      obj = obj[key]
-      break
-  if not isinstance(obj, dict):
-    raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state_dict")
-  not_tensors = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
-  if not_tensors:
-    raise ConversionError(f"{path}: the state_dict has entries that are not tensors: {not_tensors}")
-  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in obj.items()}
+def read_checkpoint(path: str) -> reader.StateDict:
+  """A unilm .pth (the state_dict under "model", args Namespace allowed) or a bare state_dict,
+  read lazily and safely (jaxris.weights.reader)."""
+  return reader.read(path)
 
 
 def build(cfg: BEiT3Config, params: Mapping[str, np.ndarray], dtype=None) -> BEiT3:
@@ -164,14 +140,12 @@ def build(cfg: BEiT3Config, params: Mapping[str, np.ndarray], dtype=None) -> BEi
 
 def from_torch(state_dict, prefix: str = "", ignore: Sequence[str] = (), dtype=None) -> BEiT3:
   """A jaxris BEiT3 from a torchscale state_dict (torch tensors or numpy; default: a bare BEiT3's)."""
-  sd = {k: v.detach().cpu().float().numpy() if hasattr(v, "detach") else np.asarray(v)
-        for k, v in state_dict.items()}
-  cfg, params = convert_state_dict(sd, prefix=prefix, ignore=ignore)
+  cfg, params = convert_state_dict(reader.from_checkpoint(state_dict), prefix=prefix, ignore=ignore)
   return build(cfg, params, dtype)
 
 
-def save(directory: str, cfg: BEiT3Config, params: Mapping[str, np.ndarray]) -> None:
-  store.save(directory, FAMILY, cfg.to_dict(), dict(params))
+def save(directory: str, cfg: BEiT3Config, params: Mapping[str, np.ndarray], progress: bool = False) -> None:
+  store.save(directory, FAMILY, cfg.to_dict(), params, progress)
 
 
 def load(directory: str, dtype=None) -> BEiT3:

@@ -19,12 +19,11 @@ import shutil
 import warnings
 from pathlib import Path
 
-import numpy as np
 from flax import nnx
 
 from jaxris.text.bert_tokenizer import BertTokenizer
 from jaxris.models.bert import BertConfig, BertModel
-from jaxris.weights import mapping, store
+from jaxris.weights import mapping, reader, store
 from jaxris.weights.mapping import Rule, identity, linear_kernel
 
 FAMILY = "bert"
@@ -46,7 +45,6 @@ IGNORE = [
     r"(?:classifier|qa_outputs)\..*",                      # BertFor{Sequence,Token}Classification / QA heads
 ]
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json")
 
 
@@ -63,46 +61,15 @@ def minilm_dir() -> Path:
   return path
 
 
-def convert_state_dict(state_dict: dict[str, np.ndarray], config: BertConfig) -> dict[str, np.ndarray]:
-  """PyTorch BertModel state_dict (numpy arrays) -> our dotted parameter names, float32."""
+def convert_state_dict(state_dict, config: BertConfig) -> reader.StateDict:
+  """PyTorch BertModel state_dict (numpy arrays, torch tensors or a reader.StateDict) -> our dotted
+  parameter names, float32; lazy (see jaxris.weights.mapping.convert)."""
   abstract = nnx.eval_shape(lambda: BertModel(config, rngs=nnx.Rngs(0)))
-  params = mapping.convert(state_dict, RULES, store.param_shapes(abstract), ignore=IGNORE,
-                           what="BERT checkpoint")
-  return {k: v.astype(np.float32) for k, v in params.items()}
+  return mapping.convert(state_dict, RULES, store.param_shapes(abstract), ignore=IGNORE, what="BERT checkpoint")
 
 
-def _torch_to_numpy(state_dict) -> dict[str, np.ndarray]:
-  return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state_dict.items()}
-
-
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file
-  try:
-    return load_file(path)
-  except TypeError:  # bfloat16 has no numpy dtype: go through torch
-    from safetensors.torch import load_file as load_torch
-    return _torch_to_numpy(load_torch(path))
-
-
-def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
-  import torch  # only needed for the legacy pickle format
-  return _torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True))  # DESIGN.md principle 9
-
-
-def _read_state_dict(src: str) -> dict[str, np.ndarray]:
-  for name, read in zip(_WEIGHT_FILES, (_read_safetensors, _read_torch_bin)):
-    path = os.path.join(src, name)
-    if os.path.isfile(path):
-      try:
-        return read(path)
-      except Exception as e:  # corrupt or foreign file: name it rather than show a library traceback
-        first_line = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(f"cannot read {path}: {type(e).__name__}: {first_line}") from e
-  raise FileNotFoundError(f"{src} has neither {' nor '.join(_WEIGHT_FILES)}: not a Hugging Face BERT directory")
-
-
-def convert_hf_dir(src: str | os.PathLike) -> tuple[BertConfig, dict[str, np.ndarray]]:
-  """Reads a Hugging Face BERT directory; returns (config, params).
+def convert_hf_dir(src: str | os.PathLike) -> tuple[BertConfig, reader.StateDict]:
+  """Reads a Hugging Face BERT directory (lazily); returns (config, params).
 
   A checkpoint saved without the pooler (``BertModel(add_pooling_layer=False)``) gives a
   config with ``add_pooling_layer=False`` rather than a randomly initialised pooler.
@@ -110,16 +77,19 @@ def convert_hf_dir(src: str | os.PathLike) -> tuple[BertConfig, dict[str, np.nda
   src = os.fspath(src)
   if not os.path.isdir(src):
     raise FileNotFoundError(f"{src} is not a directory (expected a Hugging Face BERT directory)")
-  state_dict = _read_state_dict(src)
+  if not reader.weight_files(src):
+    raise FileNotFoundError(f"{src} has neither {' nor '.join(reader.HF_WEIGHT_FILES)}: "
+                            "not a Hugging Face BERT directory")
+  state_dict = reader.read_dir(src)
   has_pooler = any(k.removeprefix("bert.").startswith("pooler.") for k in state_dict)
   config = BertConfig.from_hf_config(src, add_pooling_layer=has_pooler)
   return config, convert_state_dict(state_dict, config)
 
 
-def convert_dir(src: str | os.PathLike, out: str | os.PathLike) -> BertConfig:
+def convert_dir(src: str | os.PathLike, out: str | os.PathLike, progress: bool = False) -> BertConfig:
   """Converts a Hugging Face BERT directory into a jaxris weights directory (with the vocabulary)."""
   config, params = convert_hf_dir(src)
-  store.save(os.fspath(out), FAMILY, config.to_dict(), params)
+  store.save(os.fspath(out), FAMILY, config.to_dict(), params, progress)
   copied = [f for f in _TOKENIZER_FILES if os.path.isfile(os.path.join(src, f))]
   for f in copied:
     shutil.copy(os.path.join(src, f), os.path.join(out, f))
@@ -160,5 +130,5 @@ def load(path: str | os.PathLike, *, max_length: int = 20, dtype=None) -> tuple[
     raise ValueError(f"{path}: vocab.txt has {tokenizer.vocab_size} tokens but the model only "
                      f"{config.vocab_size} embeddings: the vocabulary belongs to another model")
   model = nnx.eval_shape(lambda: BertModel(config, rngs=nnx.Rngs(0), dtype=dtype))
-  store.assign_params(model, params)  # replaces every abstract parameter: no random init needed
+  store.assign_params(model, dict(params))  # replaces every abstract parameter: no random init needed
   return model, tokenizer

@@ -4,8 +4,9 @@ The official ``Net`` holds ``visual_encoder`` (SAM's ViT + the scheme's text-slo
 ``probs[.N]``, ``prob_text``, ``tokens``, ``cross.N.*``, ``ln.N``), ``prompt_encoder``,
 ``mask_decoder``, ``lang_encoder.bert`` (BERT) and ``text_proj``; jaxris mirrors those names, so
 the table is the DIT rules below, SAM's rules and BERT's under ``lang_encoder.``. Released
-files are DDP dicts ``{"state_dict": {"module.<name>": ...}, ...}``: the wrapper and prefix are
-removed. Two tensors the official forward never reads (``query_embeddings`` and the
+files are DDP dicts ``{"epoch", "state_dict": {"module.<name>": ...}, "optimizer", "scheduler", "lr"}``
+(official train.py): the wrapper and prefix are removed before any tensor is read (jaxris.weights.reader),
+so the optimizer state is never converted. Two tensors the official forward never reads (``query_embeddings`` and the
 ``self_attention`` MultiheadAttention) are dropped by name. E-DIT and L-DIT checkpoints have the
 same tensors, so the scheme must be given (and is for every checkpoint: a wrong one fails with the
 names that do not fit).
@@ -13,6 +14,7 @@ names that do not fit).
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -21,7 +23,7 @@ from flax import nnx
 from jaxris.models.ris.dit_sam import RisConfig, RisSam
 from jaxris.weights import bert as bert_weights
 from jaxris.weights import sam as sam_weights
-from jaxris.weights import store
+from jaxris.weights import reader, store
 from jaxris.weights.mapping import Rule, convert, prefixed
 
 FAMILY = "dit"
@@ -37,10 +39,15 @@ RULES = DIT_RULES + prefixed(bert_weights.RULES, "lang_encoder.", "lang_encoder.
 IGNORE = [r"query_embeddings", r"self_attention\..*"] + [r"lang_encoder\." + p for p in bert_weights.IGNORE]
 
 
-def unwrap(checkpoint: dict) -> dict[str, np.ndarray]:
-  """The model tensors of an official training checkpoint, without the DDP ``module.`` prefix."""
-  sd = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
-  return {k.removeprefix("module."): v for k, v in sd.items()}
+def unwrap(checkpoint) -> reader.StateDict:
+  """The model tensors of an official training checkpoint (in memory), without the DDP ``module.``
+  prefix; lazy numpy arrays."""
+  return reader.from_checkpoint(checkpoint)
+
+
+def read_checkpoint(path: str | os.PathLike) -> reader.StateDict:
+  """An official ``.pth`` (e.g. DIT's ``last.pth``), read lazily and safely (jaxris.weights.reader)."""
+  return reader.read(path)
 
 
 def infer_config(state_dict: dict[str, np.ndarray], scheme: str, bert: bert_weights.BertConfig | None = None,
@@ -50,6 +57,7 @@ def infer_config(state_dict: dict[str, np.ndarray], scheme: str, bert: bert_weig
   BERT's head count is not in its shapes: 64-wide heads (every BERT-base/large) are assumed
   unless `bert` gives the config.
   """
+  state_dict = reader.lazy(state_dict).stand_ins()  # shapes only: no tensor read
   sam_cfg = sam_weights.infer_config({re.sub(r"^visual_encoder\.", "image_encoder.", k): v
                                       for k, v in state_dict.items()})
   layers = {int(m.group(1)) for k in state_dict if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))}
@@ -67,26 +75,29 @@ def infer_config(state_dict: dict[str, np.ndarray], scheme: str, bert: bert_weig
                    extra_decoder_layers=len(layers) - sam_cfg.decoder_depth, **overrides)
 
 
-def convert_state_dict(state_dict: dict[str, np.ndarray], cfg: RisConfig) -> dict[str, np.ndarray]:
+def convert_state_dict(state_dict, cfg: RisConfig) -> reader.StateDict:
+  """An official state_dict (unwrapped; numpy, torch or a reader.StateDict) -> float32 jaxris params,
+  strict and lazy (see jaxris.weights.mapping.convert)."""
   abstract = nnx.eval_shape(lambda: RisSam(cfg, rngs=nnx.Rngs(0)))
-  params = convert(state_dict, RULES, store.param_shapes(abstract), ignore=IGNORE, what="DIT checkpoint")
-  return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in params.items()}
+  return convert(state_dict, RULES, store.param_shapes(abstract), ignore=IGNORE, what="DIT checkpoint")
 
 
-def build(cfg: RisConfig, params: dict[str, np.ndarray], dtype=None) -> RisSam:
+def build(cfg: RisConfig, params, dtype=None) -> RisSam:
   model = RisSam(cfg, rngs=nnx.Rngs(0), dtype=dtype)
-  store.assign_params(model, params)
+  store.assign_params(model, dict(params))
   return model
 
 
-def from_torch(state_dict, scheme: str, bert=None, dtype=None, **overrides) -> RisSam:
-  sd = unwrap({k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in state_dict.items()})
+def from_torch(checkpoint, scheme: str, bert=None, dtype=None, **overrides) -> RisSam:
+  """A jaxris RisSam from an official checkpoint: a path, ``torch.load``'s result (a training dict
+  as train.py saves it, or a state_dict) or a state_dict of numpy arrays."""
+  sd = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else unwrap(checkpoint)
   cfg = infer_config(sd, scheme, bert, **overrides)
   return build(cfg, convert_state_dict(sd, cfg), dtype)
 
 
-def save(directory: str, cfg: RisConfig, params: dict[str, np.ndarray]) -> None:
-  store.save(directory, FAMILY, cfg.to_dict(), params)
+def save(directory: str, cfg: RisConfig, params, progress: bool = False) -> None:
+  store.save(directory, FAMILY, cfg.to_dict(), params, progress)
 
 
 def load(directory: str, dtype=None) -> RisSam:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import warnings
@@ -33,7 +34,7 @@ from jaxris.models.beit3 import POSITION_OFFSET
 from jaxris.models.ris.evf import EvfConfig, EvfSam
 from jaxris.weights import beit3 as beit3_weights
 from jaxris.weights import sam as sam_weights
-from jaxris.weights import store
+from jaxris.weights import reader, store
 from jaxris.weights.mapping import ConversionError, Rule, convert, linear_kernel, prefixed
 
 FAMILY = "evf_sam"
@@ -52,7 +53,6 @@ OUT_OF_SCOPE = {
     "EvfEffiSamModel": "EVF-Effi-SAM (EfficientSAM backbone)",
 }
 _SAM2_KEYS = ("visual_model.sam_mask_decoder.", "visual_model.image_encoder.trunk.")
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
 
@@ -75,6 +75,7 @@ def check_architecture(hf_config: Mapping, state_dict: Mapping | None = None, wh
 
 def infer_config(state_dict: Mapping[str, np.ndarray], hf_config: Mapping | None = None) -> EvfConfig:
   """SAM and BEiT-3 sizes from the tensor shapes, checked against config.json's hidden_size / out_dim."""
+  state_dict = reader.lazy(state_dict).stand_ins()  # shapes only: no tensor read
   sam = sam_weights.infer_config({k[len(SAM_PREFIX):]: v for k, v in state_dict.items() if k.startswith(SAM_PREFIX)})
   beit3 = beit3_weights.infer_config(state_dict, BEIT3_PREFIX)
   cfg = EvfConfig(sam=sam, beit3=beit3)
@@ -100,81 +101,50 @@ def abstract_model(cfg: EvfConfig, dtype=None) -> EvfSam:
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], cfg: EvfConfig | None = None,
-                       hf_config: Mapping | None = None) -> tuple[EvfConfig, dict[str, np.ndarray]]:
-  """An official EvfSamModel state_dict (numpy arrays) -> (config, float32 jaxris params); strict."""
-  state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
+                       hf_config: Mapping | None = None) -> tuple[EvfConfig, reader.StateDict]:
+  """An official EvfSamModel state_dict (numpy arrays, torch tensors or a reader.StateDict) ->
+  (config, float32 jaxris params); strict. The params are lazy (see jaxris.weights.mapping.convert)."""
+  state_dict = reader.lazy(state_dict)
   check_architecture(hf_config or {}, state_dict)
   cfg = cfg or infer_config(state_dict, hf_config)
   shapes = store.param_shapes(abstract_model(cfg))
-  params = convert(state_dict, RULES, shapes, ignore=IGNORE, what="EVF-SAM checkpoint")
-  return cfg, {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in params.items()}
+  return cfg, convert(state_dict, RULES, shapes, ignore=IGNORE, what="EVF-SAM checkpoint")
 
 
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file
-  try:
-    return load_file(path)
-  except TypeError:  # bfloat16 has no numpy dtype: go through torch
-    from safetensors.torch import load_file as load_torch
-    return {k: v.float().numpy() for k, v in load_torch(path).items()}
-
-
-def _read_torch(path: str) -> dict[str, np.ndarray]:
-  import torch  # only the converter needs PyTorch
-  sd = torch.load(path, map_location="cpu", weights_only=True)  # DESIGN.md principle 9
-  return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
-
-
-def _weight_files(src: str) -> list[str]:
-  """The checkpoint's weight files: one file, or the shards an ``*.index.json`` names."""
-  for name in _WEIGHT_FILES:
-    index = os.path.join(src, name + ".index.json")
-    if os.path.isfile(index):
-      with open(index) as f:
-        return [os.path.join(src, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
-    if os.path.isfile(os.path.join(src, name)):
-      return [os.path.join(src, name)]
-  raise FileNotFoundError(f"{src} has none of {', '.join(_WEIGHT_FILES)} (or their .index.json): "
-                          "not an EVF-SAM checkpoint directory (e.g. huggingface.co/YxZhang/evf-sam)")
-
-
-def read_checkpoint(src: str) -> tuple[dict, dict[str, np.ndarray]]:
-  """(config.json, state_dict as numpy float32) of a Hugging Face EVF-SAM directory."""
+def read_checkpoint(src: str) -> tuple[dict, reader.StateDict]:
+  """(config.json, state_dict read lazily: float32 numpy arrays) of a Hugging Face EVF-SAM directory."""
   config_path = os.path.join(src, "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{config_path} not found: --src must be an EVF-SAM checkpoint directory "
                             "(config.json, pytorch_model.bin or model.safetensors, sentencepiece.bpe.model)")
   with open(config_path) as f:
     hf_config = json.load(f)
-  check_architecture(hf_config, where=src)  # before reading gigabytes of weights
-  state_dict = {}
-  for path in _weight_files(src):
-    try:
-      part = _read_safetensors(path) if path.endswith(".safetensors") else _read_torch(path)
-    except Exception as e:  # corrupt or foreign file: name it rather than show a library traceback
-      first_line = (str(e).strip().splitlines() or [""])[0]
-      raise ValueError(f"cannot read {path}: {type(e).__name__}: {first_line}") from e
-    state_dict.update(part)
-  return hf_config, {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
-                     for k, v in state_dict.items()}
+  check_architecture(hf_config, where=src)  # before opening gigabytes of weights
+  if not reader.weight_files(src):
+    raise FileNotFoundError(f"{src} has none of {', '.join(reader.HF_WEIGHT_FILES)} (or their .index.json): "
+                            "not an EVF-SAM checkpoint directory (e.g. huggingface.co/YxZhang/evf-sam)")
+  return hf_config, reader.read_dir(src)
 
 
-def save(directory: str, cfg: EvfConfig, params: Mapping[str, np.ndarray]) -> None:
-  store.save(directory, FAMILY, cfg.to_dict(), dict(params))
+def save(directory: str, cfg: EvfConfig, params: Mapping[str, np.ndarray], progress: bool = False) -> None:
+  store.save(directory, FAMILY, cfg.to_dict(), params, progress)
 
 
-def convert_dir(src: str, out: str) -> tuple[EvfConfig, int]:
-  """Converts an EVF-SAM checkpoint directory into DIR (weights + tokenizer); -> (config, parameter count)."""
+def convert_dir(src: str, out: str, progress: bool = False) -> tuple[EvfConfig, int]:
+  """Converts an EVF-SAM checkpoint directory into DIR (weights + tokenizer); -> (config, parameter count).
+
+  Streams: one tensor is read, converted and written at a time (jaxris.weights.store.save).
+  """
   hf_config, state_dict = read_checkpoint(src)
   cfg, params = convert_state_dict(state_dict, hf_config=hf_config)
-  save(out, cfg, params)
+  save(out, cfg, params, progress)
   for name in TOKENIZER_FILES:
     if os.path.isfile(os.path.join(src, name)):
       shutil.copy(os.path.join(src, name), os.path.join(out, name))
   if not os.path.isfile(os.path.join(src, TOKENIZER_FILES[0])):
     warnings.warn(f"{src} has no {TOKENIZER_FILES[0]}: {out} holds the weights but load() needs the tokenizer; "
                   f"copy the checkpoint's {TOKENIZER_FILES[0]} into {out}")
-  return cfg, sum(int(v.size) for v in params.values())
+  return cfg, sum(math.prod(params.shape(k)) for k in params)
 
 
 def build(cfg: EvfConfig, params: Mapping[str, np.ndarray], dtype=None) -> EvfSam:
@@ -186,8 +156,7 @@ def build(cfg: EvfConfig, params: Mapping[str, np.ndarray], dtype=None) -> EvfSa
 
 def from_torch(state_dict, dtype=None) -> EvfSam:
   """A jaxris EvfSam from an official EvfSamModel state_dict (torch tensors or numpy arrays)."""
-  sd = {k: v.detach().cpu().float().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in state_dict.items()}
-  cfg, params = convert_state_dict(sd)
+  cfg, params = convert_state_dict(reader.from_checkpoint(state_dict))
   return build(cfg, params, dtype)
 
 

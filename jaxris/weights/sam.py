@@ -8,6 +8,7 @@ from the tensor shapes.
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -15,7 +16,8 @@ from flax import nnx
 
 from jaxris.models.sam.image_encoder import ImageEncoderViT
 from jaxris.models.sam.sam import VARIANTS, Sam, SamConfig, sam_config
-from jaxris.weights import store, tiny_vit
+from jaxris.weights import reader
+from jaxris.weights import store
 from jaxris.weights.mapping import (ConversionError, Rule, conv_kernel, conv_transpose_kernel, convert,
                                     identity, linear_kernel)
 
@@ -26,7 +28,6 @@ _CONVS = r"patch_embed\.proj|neck\.[02]|mask_downscaling\.[036]"
 _TABLES = r"point_embeddings\.\d+|not_a_point_embed|no_mask_embed|iou_token|mask_tokens"
 
 RULES = [  # first match wins
-    *tiny_vit.RULES,  # MobileSAM's TinyViT encoder (names no ViT checkpoint has)
     Rule(rf"(.*\.(?:{_LAYER_NORMS}))\.weight", r"\1.scale"),
     Rule(r"(.*\.output_upscaling\.[03])\.weight", r"\1.kernel", conv_transpose_kernel),
     Rule(rf"(.*\.(?:{_CONVS}))\.weight", r"\1.kernel", conv_kernel),
@@ -41,8 +42,6 @@ _VARIANT_BY_WIDTH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 def infer_config(state_dict: dict[str, np.ndarray], variant: str | None = None) -> SamConfig:
   """Reads the encoder's size from the tensor shapes (or starts from a forced `variant`)."""
-  if tiny_vit.is_tiny_vit(state_dict):
-    return tiny_vit.infer_config(state_dict)
   key = "image_encoder.patch_embed.proj.weight"
   if key not in state_dict:
     raise ConversionError(f"not a Segment Anything checkpoint: no '{key}' "
@@ -79,36 +78,30 @@ def abstract_model(cfg: SamConfig) -> Sam:
   return nnx.eval_shape(lambda: Sam(cfg, rngs=nnx.Rngs(0)))
 
 
-def convert_state_dict(state_dict: dict[str, np.ndarray], cfg: SamConfig | None = None,
-                       variant: str | None = None) -> tuple[SamConfig, dict[str, np.ndarray]]:
-  """Official state_dict (numpy arrays) -> (config, jaxris params); strict."""
-  state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
-  cfg = cfg or infer_config(state_dict, variant)
+def convert_state_dict(state_dict, cfg: SamConfig | None = None,
+                       variant: str | None = None) -> tuple[SamConfig, reader.StateDict]:
+  """Official state_dict (numpy arrays, torch tensors or a reader.StateDict) -> (config, jaxris
+  params); strict. The params are lazy (see jaxris.weights.mapping.convert)."""
+  state_dict = reader.lazy(state_dict)
+  cfg = cfg or infer_config(state_dict.stand_ins(), variant)  # shapes only: no tensor read
   shapes = store.param_shapes(abstract_model(cfg))
-  return cfg, convert(state_dict, RULES, shapes, ignore=tiny_vit.IGNORE, what="SAM checkpoint")
+  return cfg, convert(state_dict, RULES, shapes, what="SAM checkpoint")
 
 
-def read_checkpoint(path: str) -> dict[str, np.ndarray]:
-  """Reads an official .pth (safely: weights_only) or a .safetensors file into numpy arrays."""
-  if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    return load_file(path)
-  import torch  # only the converter needs PyTorch
-  obj = torch.load(path, map_location="cpu", weights_only=True)
-  if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-    obj = obj["model"]
-  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in obj.items()}
+def read_checkpoint(path: str) -> reader.StateDict:
+  """An official .pth or a .safetensors file, read lazily and safely (jaxris.weights.reader)."""
+  return reader.read(path)
 
 
-def build(cfg: SamConfig, params: dict[str, np.ndarray], dtype=None) -> Sam:
+def build(cfg: SamConfig, params, dtype=None) -> Sam:
   model = Sam(cfg, rngs=nnx.Rngs(0), dtype=dtype)
-  store.assign_params(model, params)
+  store.assign_params(model, dict(params))
   return model
 
 
 def from_torch(state_dict, variant: str | None = None, dtype=None) -> Sam:
-  """A jaxris Sam from an official state_dict (torch tensors or numpy arrays)."""
-  sd = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in state_dict.items()}
+  """A jaxris Sam from an official state_dict (torch tensors or numpy arrays), or a checkpoint path."""
+  sd = reader.read(state_dict) if isinstance(state_dict, (str, os.PathLike)) else reader.from_checkpoint(state_dict)
   cfg, params = convert_state_dict(sd, variant=variant)
   return build(cfg, params, dtype)
 
@@ -116,8 +109,8 @@ def from_torch(state_dict, variant: str | None = None, dtype=None) -> Sam:
 def encoder_from_torch(state_dict, dtype=None) -> ImageEncoderViT:
   """The image encoder alone, from an official ``ImageEncoderViT.state_dict()``; strict."""
   prefix = "image_encoder."
-  sd = {prefix + k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in state_dict.items()}
-  cfg = infer_config(sd)
+  sd = reader.lazy({prefix + k: v for k, v in state_dict.items()})
+  cfg = infer_config(sd.stand_ins())
   shapes = {k: s for k, s in store.param_shapes(abstract_model(cfg)).items() if k.startswith(prefix)}
   params = convert(sd, RULES, shapes, what="SAM image encoder state_dict")
   encoder = ImageEncoderViT(cfg.encoder, rngs=nnx.Rngs(0), dtype=dtype)
@@ -125,8 +118,8 @@ def encoder_from_torch(state_dict, dtype=None) -> ImageEncoderViT:
   return encoder
 
 
-def save(directory: str, cfg: SamConfig, params: dict[str, np.ndarray]) -> None:
-  store.save(directory, FAMILY, cfg.to_dict(), params)
+def save(directory: str, cfg: SamConfig, params, progress: bool = False) -> None:
+  store.save(directory, FAMILY, cfg.to_dict(), params, progress)
 
 
 def load(directory: str, dtype=None) -> Sam:

@@ -1,6 +1,7 @@
 """Converts an official BEiT-3 checkpoint into jaxris weights.
 
-  python convert/beit3.py --src beit3_large_patch16_224.pth --out weights/beit3_large
+  python -m jaxris.convert.beit3 --src beit3_large_patch16_224.pth --out weights/beit3_large
+  python convert/beit3.py --src beit3_large_patch16_224.pth --out weights/beit3_large   # from a checkout
 
 SRC is a unilm BEiT-3 .pth (state_dict under "model", encoder keys prefixed "beit3.") or a bare
 torchscale BEiT3 state_dict (no prefix); the prefix is detected unless --prefix is given. The
@@ -15,15 +16,15 @@ torch.load(weights_only=True).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--src", required=True, help="BEiT-3 checkpoint (.pth)")
+  parser = argparse.ArgumentParser(prog="python -m jaxris.convert.beit3", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--src", required=True, help="BEiT-3 checkpoint (.pth, or .safetensors)")
   parser.add_argument("--out", required=True, help="output directory (created if needed)")
   parser.add_argument("--prefix", default=None,
                       help="key prefix of the encoder (default: 'beit3.' if the keys have it, else none)")
@@ -47,15 +48,17 @@ def main(argv=None) -> int:
     cfg, params = beit3.convert_state_dict(state_dict, prefix=prefix,
                                            ignore=tuple(beit3.UNILM_HEADS) + tuple(args.ignore),
                                            num_heads=args.num_heads)
-    beit3.save(args.out, cfg, params)
+    beit3.save(args.out, cfg, params, progress=True)
   except (OSError, ValueError) as e:  # ConversionError is a ValueError; its message lists every name
     print(f"error: {e}", file=sys.stderr)
     return 2
-  n = sum(v.size for v in params.values())
+  n = sum(math.prod(params.shape(k)) for k in params)  # from the shapes: reading the values again costs GBs
   print(f"wrote {args.out}: BEiT-3 {cfg.encoder_layers} layers, {cfg.encoder_embed_dim} wide, "
         f"{cfg.encoder_attention_heads} heads, {cfg.img_size}px, vocab {cfg.vocab_size}, {n / 1e6:.1f}M parameters")
   return 0
 
 
 if __name__ == "__main__":
+  if not __package__:  # run by path (python convert/beit3.py): import jaxris from this checkout, not this folder
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
   sys.exit(main())

@@ -1,6 +1,7 @@
 """Converts an EVF-SAM checkpoint directory (hustvl/EVF-SAM on Hugging Face) into jaxris weights.
 
-  python convert/evf_sam.py --src evf-sam --out weights/evf_sam     # e.g. a clone of YxZhang/evf-sam
+  python -m jaxris.convert.evf_sam --src evf-sam --out weights/evf_sam   # e.g. a clone of YxZhang/evf-sam
+  python convert/evf_sam.py --src evf-sam --out weights/evf_sam          # the same, from a checkout
   python -m jaxris.predict --weights weights/evf_sam --image photo.jpg --text "zebra top left" --out out/
 
 SRC is the Hugging Face directory: config.json (architectures ["EvfSamModel"]), the weights
@@ -24,11 +25,10 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog="python -m jaxris.convert.evf_sam", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--src", required=True, help="EVF-SAM Hugging Face checkpoint directory")
   parser.add_argument("--out", required=True, help="output directory (created if needed)")
   args = parser.parse_args(argv)
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
           "git clone https://huggingface.co/YxZhang/evf-sam", file=sys.stderr)
     return 2
   try:
-    cfg, n = evf_sam.convert_dir(args.src, args.out)
+    cfg, n = evf_sam.convert_dir(args.src, args.out, progress=True)
   except (OSError, ValueError) as e:  # ConversionError is a ValueError; its message lists every name
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -51,4 +51,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  if not __package__:  # run by path (python convert/evf_sam.py): import jaxris from this checkout, not this folder
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
   sys.exit(main())

