@@ -1,12 +1,17 @@
-"""Text-prompting schemes for SAM (one file each) and how a recipe's ``model`` config builds one.
+"""A recipe's ``model`` and ``init`` sections -> (model, typed model config, tokenizer).
 
-``build(model_cfg, init_cfg, seed)`` returns the model, its config and the tokenizer, with the
-pretrained parts loaded from converted directories when the recipe names them. ``model_cfg.family``
-picks the model: "dit" (DIT-SAM's RisSam: default.py, dit.py) or "evf" (EVF-SAM: evf.py). Missing
-weights fail at once with the path and the command that makes them.
+This is the one place where a recipe becomes a model. ``model.family`` picks it: "dit" (DIT-SAM's
+RisSam, every Table 1/2/4 row) or "evf" (EVF-SAM). ``init`` names the converted pretrained parts;
+``check_init_paths`` fails within seconds, naming a missing path and the command that makes it.
 
-Every model class names the batch fields its ``__call__`` takes, in order, as ``BATCH_INPUTS``;
-the train and eval steps call ``model(*(batch[k] for k in model.BATCH_INPUTS))``.
+DIT ``init`` keys: sam (converted SAM, its image encoder becomes ``visual_encoder``), bert (a
+converted BERT directory, or "minilm": the bundled all-MiniLM-L6-v2).
+EVF ``init`` keys: evf (a converted EVF-SAM directory: every parameter and the tokenizer, to
+fine-tune a release), sam, beit3 (converted BEiT-3), tokenizer (BEiT-3's sentencepiece model, or
+"minilm": MiniLM's WordPiece vocabulary for the CPU-sized recipe whose small BEiT-3 learns its text
+table from scratch). The EVF projector always starts random, as in the official training.
+
+Every model class names the batch fields its ``__call__`` takes, in order, as ``BATCH_INPUTS``.
 """
 
 from __future__ import annotations
@@ -16,95 +21,81 @@ import os
 
 from flax import nnx
 
+from jaxris.models.beit3 import BEiT3Config
+from jaxris.models.functional import assign_params, flat_params
 from jaxris.models.ris.dit_sam import RisConfig, RisSam
+from jaxris.models.ris.evf import EvfConfig, EvfSam
 from jaxris.models.sam.sam import sam_config
+from jaxris.text.bert_tokenizer import BertTokenizer
+from jaxris.text.xlmr_tokenizer import XlmrTokenizer
+from jaxris.weights import beit3 as beit3_weights
+from jaxris.weights import bert as bert_weights
+from jaxris.weights import dit as dit_weights
+from jaxris.weights import evf_sam as evf_weights
+from jaxris.weights import sam as sam_weights
 from jaxris.weights import store
 
 DTYPES = {"float32": None, "bfloat16": "bfloat16"}
-
-
-def text_encoder_dir(spec: str) -> str:
-  """'minilm' -> the bundled all-MiniLM-L6-v2; anything else is a directory path."""
-  if spec == "minilm":
-    from jaxris.weights.bert import minilm_dir
-    return str(minilm_dir())
-  return spec
+FAMILIES = {"dit": dit_weights.FAMILY, "evf": evf_weights.FAMILY}  # recipe family -> exported weights family
 
 
 def family(model_cfg) -> str:
-  """'dit' or 'evf': which model a recipe's ``model`` config builds."""
-  name = model_cfg.get("family", "dit")
-  if name not in ("dit", "evf"):
-    raise ValueError(f"unknown model family {name!r}: 'dit' or 'evf'")
-  return name
+  """'dit' or 'evf': which model a recipe's ``model`` section builds."""
+  if model_cfg.family not in FAMILIES:
+    raise ValueError(f"unknown model family {model_cfg.family!r}: one of {sorted(FAMILIES)}")
+  return model_cfg.family
 
 
 def weights_family(model_cfg) -> str:
   """The FAMILY tag of the exported weights directory (read back by the matching weights module)."""
-  if family(model_cfg) == "evf":
-    from jaxris.weights.evf_sam import FAMILY
-    return FAMILY
-  from jaxris.weights.dit import FAMILY
-  return FAMILY
+  return FAMILIES[family(model_cfg)]
 
 
-def check_init_paths(init_cfg) -> None:
+def text_encoder_dir(spec: str) -> str:
+  """'minilm' -> the bundled all-MiniLM-L6-v2; anything else is a directory path."""
+  return str(bert_weights.minilm_dir()) if spec == "minilm" else spec
+
+
+# --- Start-up checks.
+
+_HOW_TO_GET = {  # (family, init key) -> (what it is, how to get it)
+    ("dit", "sam"): ("SAM weights", "download the official checkpoint (e.g. sam_vit_b_01ec64.pth from "
+                     "facebookresearch/segment-anything) and run python -m jaxris.convert.sam --src "
+                     "sam_vit_b_01ec64.pth --out {path}"),
+    ("dit", "bert"): ("BERT weights", "get a Hugging Face bert-base-uncased directory (config.json, "
+                      "model.safetensors, vocab.txt) and run python -m jaxris.convert.bert --src <that dir> "
+                      "--out {path} (or set --config.init.bert=minilm for the bundled all-MiniLM-L6-v2)"),
+    ("evf", "evf"): ("converted EVF-SAM weights", "download a released checkpoint (e.g. YxZhang/evf-sam on "
+                     "Hugging Face) and run python -m jaxris.convert.evf_sam --src <that dir> --out {path}"),
+    ("evf", "sam"): ("SAM weights", "download sam_vit_h_4b8939.pth (facebookresearch/segment-anything) and run "
+                     "python -m jaxris.convert.sam --src sam_vit_h_4b8939.pth --out {path}"),
+    ("evf", "beit3"): ("converted BEiT-3 weights", "download beit3_large_patch16_224.pth (microsoft/unilm "
+                       "beit3) and run python -m jaxris.convert.beit3 --src beit3_large_patch16_224.pth "
+                       "--out {path}"),
+    ("evf", "tokenizer"): ("BEiT-3's sentencepiece model", "download beit3.spm (microsoft/unilm beit3 README; "
+                           "the same file is sentencepiece.bpe.model in the EVF-SAM checkpoints) to {path}"),
+}
+
+
+def check_init_paths(model_cfg, init_cfg) -> None:
   """Fails within seconds, naming the missing weights and the command that provides them."""
-  for key, what, command in _EVF_INIT:
-    path = init_cfg.get(key, "")
-    if path and path != "minilm" and not os.path.exists(path):
-      raise FileNotFoundError(f"{what} not found at {path}: {command.format(path=path)}")
-  if init_cfg.get("evf"):
-    return  # a converted EVF-SAM directory holds every part
-  if init_cfg.sam and not os.path.isfile(os.path.join(init_cfg.sam, store.CONFIG_FILE)):
-    raise FileNotFoundError(
-        f"SAM weights not found at {init_cfg.sam}: download the official checkpoint "
-        f"(e.g. sam_vit_b_01ec64.pth from facebookresearch/segment-anything) and run "
-        f"python convert/sam.py --src sam_vit_b_01ec64.pth --out {init_cfg.sam}")
-  bert = text_encoder_dir(init_cfg.bert) if init_cfg.get("bert") else ""
-  if bert and not os.path.isdir(bert):
-    raise FileNotFoundError(
-        f"BERT weights not found at {bert}: get a Hugging Face bert-base-uncased directory (config.json, "
-        f"model.safetensors, vocab.txt) and run python convert/bert.py --src <that dir> --out {bert} "
-        f"(or set --config.init.bert=minilm for the bundled all-MiniLM-L6-v2)")
+  fam = family(model_cfg)
+  keys = [k for f, k in _HOW_TO_GET if f == fam]
+  if fam == "evf" and init_cfg.evf:
+    keys = ["evf"]  # a converted EVF-SAM directory holds every part
+  for key in keys:
+    path = init_cfg[key]
+    if key == "bert":
+      path = text_encoder_dir(path)
+    if not path or path == "minilm":
+      continue
+    marker = os.path.join(path, store.CONFIG_FILE) if key in ("sam", "beit3", "evf") else path
+    if not os.path.exists(marker):
+      what, how = _HOW_TO_GET[(fam, key)]
+      raise FileNotFoundError(f"{what} not found at {path}: {how.format(path=path)}")
 
 
-_EVF_INIT = (  # (init key, what it is, how to get it) for the EVF-SAM recipes
-    ("evf", "converted EVF-SAM weights",
-     "download a released checkpoint (e.g. YxZhang/evf-sam on Hugging Face) and run "
-     "python convert/evf_sam.py --src <that dir> --out {path}"),
-    ("beit3", "converted BEiT-3 weights",
-     "download beit3_large_patch16_224.pth (microsoft/unilm beit3) and run "
-     "python convert/beit3.py --src beit3_large_patch16_224.pth --out {path}"),
-    ("tokenizer", "BEiT-3's sentencepiece model",
-     "download beit3.spm (microsoft/unilm beit3 README; the same file is sentencepiece.bpe.model "
-     "in the EVF-SAM checkpoints) to {path}"),
-)
-
-
-def build(model_cfg, init_cfg, seed: int = 0):
-  """-> (model, its config, tokenizer). Weights: the pretrained parts named by `init_cfg`, rest random."""
-  check_init_paths(init_cfg)
-  if family(model_cfg) == "evf":
-    from jaxris.build_evf import build_evf
-    return build_evf(model_cfg, init_cfg, seed)
-  from jaxris.weights import bert as bert_weights
-
-  bert_model, tokenizer = bert_weights.load(text_encoder_dir(init_cfg.bert))
-  sam = sam_for(model_cfg)
-  cfg = RisConfig(scheme=model_cfg.scheme, sam=sam, bert=bert_model.config,
-                  extra_decoder_layers=model_cfg.extra_decoder_layers, bert_layer=model_cfg.bert_layer,
-                  slot_dropout=model_cfg.slot_dropout, remat=model_cfg.remat)
-  model = RisSam(cfg, rngs=nnx.Rngs(seed), dtype=DTYPES[model_cfg.dtype])
-  updates = {f"lang_encoder.{k}": v for k, v in store.flat_params(bert_model).items()}
-  if init_cfg.sam:
-    from jaxris.weights import sam as sam_weights
-    sam_cfg, sam_params = store.load(init_cfg.sam, sam_weights.FAMILY)
-    renamed = {k.replace("image_encoder.", "visual_encoder.", 1): v for k, v in sam_params.items()}
-    updates.update(renamed)
-  load_pretrained(model, updates)
-  return model, cfg, tokenizer
-
+# --- Typed model configs: built here and nowhere else.
 
 def sam_for(model_cfg):
   """The recipe's SamConfig; the neck's width is the prompt width (SAM's 256, or a reduced recipe's)."""
@@ -112,12 +103,85 @@ def sam_for(model_cfg):
   return dataclasses.replace(sam, prompt_embed_dim=model_cfg.prompt_embed_dim, decoder_mlp_dim=model_cfg.decoder_mlp_dim)
 
 
+def dit_config(model_cfg, bert_cfg) -> RisConfig:
+  # BERT's dropout rates are the recipe's (the official DIT trains BERT with its config's 0.1).
+  bert_cfg = dataclasses.replace(bert_cfg, hidden_dropout_prob=model_cfg.bert_dropout,
+                                 attention_probs_dropout_prob=model_cfg.bert_dropout)
+  return RisConfig(scheme=model_cfg.scheme, sam=sam_for(model_cfg), bert=bert_cfg,
+                   extra_decoder_layers=model_cfg.extra_decoder_layers, bert_layer=model_cfg.bert_layer,
+                   slot_dropout=model_cfg.slot_dropout, remat=model_cfg.remat)
+
+
+def evf_config(model_cfg, vocab_size: int | None = None) -> EvfConfig:
+  sizes = getattr(BEiT3Config, model_cfg.beit3)  # base | large
+  overrides = dict(model_cfg.beit3_overrides)
+  if vocab_size and "vocab_size" not in overrides:
+    overrides["vocab_size"] = vocab_size
+  return EvfConfig(sam=sam_for(model_cfg), beit3=sizes(**overrides), fusion=model_cfg.fusion,
+                   pooling=model_cfg.pooling, multimask=model_cfg.multimask)
+
+
+# --- Building.
+
+def build(model_cfg, init_cfg, seed: int = 0):
+  """-> (model, its typed config, tokenizer). Weights: the pretrained parts named by `init_cfg`, rest random."""
+  check_init_paths(model_cfg, init_cfg)
+  return _BUILDERS[family(model_cfg)](model_cfg, init_cfg, seed)
+
+
+def _build_dit(model_cfg, init_cfg, seed):
+  bert_model, tokenizer = bert_weights.load(text_encoder_dir(init_cfg.bert))
+  tokenizer.max_length = model_cfg.max_tokens
+  cfg = dit_config(model_cfg, bert_model.config)
+  model = RisSam(cfg, rngs=nnx.Rngs(seed), dtype=DTYPES[model_cfg.dtype])
+  updates = {f"lang_encoder.{k}": v for k, v in flat_params(bert_model).items()}
+  if init_cfg.sam:
+    _, sam_params = store.load(init_cfg.sam, sam_weights.FAMILY)
+    updates.update({k.replace("image_encoder.", "visual_encoder.", 1): v for k, v in sam_params.items()})
+  load_pretrained(model, updates)
+  return model, cfg, tokenizer
+
+
+def _build_evf(model_cfg, init_cfg, seed):
+  dtype = DTYPES[model_cfg.dtype]
+  if init_cfg.evf:
+    model, tokenizer = evf_weights.load(init_cfg.evf, dtype)
+    fixed_length(tokenizer, model_cfg.max_tokens)
+    return model, model.cfg, tokenizer
+  if init_cfg.tokenizer == "minilm":
+    tokenizer = BertTokenizer.from_pretrained_dir(bert_weights.minilm_dir(), max_length=model_cfg.max_tokens)
+  else:
+    tokenizer = XlmrTokenizer(init_cfg.tokenizer, max_length=model_cfg.max_tokens, pad_to_max_length=True)
+  cfg = evf_config(model_cfg, vocab_size=tokenizer.vocab_size if init_cfg.tokenizer == "minilm" else None)
+  model = EvfSam(cfg, rngs=nnx.Rngs(seed), dtype=dtype)
+  updates = {}
+  if init_cfg.sam:
+    _, sam_params = store.load(init_cfg.sam, sam_weights.FAMILY)
+    updates.update({f"visual_model.{k}": v for k, v in sam_params.items()})
+  if init_cfg.beit3:
+    _, beit3_params = store.load(init_cfg.beit3, beit3_weights.FAMILY)
+    updates.update({f"mm_extractor.beit3.{k}": v for k, v in beit3_params.items()
+                    if not k.startswith("vision_embed.mask_token")})
+  if updates:
+    load_pretrained(model, updates)
+  return model, cfg, tokenizer
+
+
+_BUILDERS = {"dit": _build_dit, "evf": _build_evf}
+
+
+def fixed_length(tokenizer, max_tokens: int):
+  """Training and evaluation batches need one text length: every text padded (or cut) to `max_tokens`."""
+  tokenizer.max_length, tokenizer.pad_to_max_length = max_tokens, True
+  return tokenizer
+
+
 def load_pretrained(model, updates: dict) -> None:
   """Overwrites `model`'s parameters named in `updates`; any name or shape that does not fit is an error."""
-  params = store.flat_params(model)
+  params = flat_params(model)
   wrong = [f"{k}: {tuple(v.shape)} vs the model's {tuple(params[k].shape)}" if k in params else f"{k}: not in the model"
            for k, v in updates.items() if k not in params or tuple(v.shape) != tuple(params[k].shape)]
   if wrong:
     raise ValueError("pretrained weights do not fit the recipe's model:\n  " + "\n  ".join(wrong))
   params.update(updates)
-  store.assign_params(model, params)
+  assign_params(model, params)

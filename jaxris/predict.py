@@ -9,7 +9,7 @@ Writes, for an image named S: S_mask.png (best mask, 0/255, original size), S_ov
 mask drawn over the image), S_logits.npy (float32 [K, H, W] mask logits at the original size;
 K = 3 with --multimask, else 1) and S_scores.json (predicted IoU per mask; with --text, the
 threshold and the mask's area). With --text the logits are shifted so that > 0 means
-sigmoid > the training threshold (0.35 for DIT); EVF-SAM weights (python convert/evf_sam.py ...;
+sigmoid > the trained recipe's threshold (0.35 for DIT, from the export's recipe.json); EVF-SAM weights (python -m jaxris.convert.evf_sam ...;
 the family is read from DIR/config.json) take --text, optionally with --point/--box prompts, and
 their logits > 0 is the mask, as in the official code. Coordinates are
 pixels of the original image, x to the right and y down. Bad input gives a one-line error and
@@ -24,6 +24,16 @@ import os
 import sys
 
 import numpy as np
+from PIL import Image
+
+from jaxris.data.image_io import ImageError, read_image
+from jaxris.inference.evf_predictor import EvfPredictor
+from jaxris.inference.export import read_recipe, weights_family
+from jaxris.inference.overlays import text_predictor
+from jaxris.inference.sam_predictor import SamPredictor
+from jaxris.visualize import overlay
+from jaxris.weights import evf_sam
+from jaxris.weights import sam as sam_weights
 
 
 class UsageError(Exception):
@@ -88,10 +98,6 @@ def _check_inside(args, height: int, width: int) -> None:
 def write_outputs(out_dir: str, stem: str, image: np.ndarray, logits: np.ndarray, scores: np.ndarray,
                   extra: dict | None = None) -> dict:
   """Writes the four output files; returns their paths."""
-  from PIL import Image
-
-  from jaxris.visualize import overlay
-
   os.makedirs(out_dir, exist_ok=True)
   best = int(np.argmax(scores))
   mask = logits[best] > 0.0
@@ -104,47 +110,13 @@ def write_outputs(out_dir: str, stem: str, image: np.ndarray, logits: np.ndarray
   return paths
 
 
-def write_examples(model_dir: str, examples: list[dict], out_dir: str, threshold: float = 0.35) -> list[str]:
-  """Overlays of the model's masks for dataset examples (their first sentence), for people to look at."""
-  import re
-
-  from PIL import Image
-
-  from jaxris.data.image_io import read_image
-  from jaxris.visualize import overlay
-
-  predictor = text_predictor(model_dir, threshold)
-  os.makedirs(out_dir, exist_ok=True)
-  paths = []
-  for i, ex in enumerate(examples):
-    image = ex["image"] if "image" in ex else read_image(ex["image_path"])
-    text = ex["sentences"][0]
-    mask = predictor(image, text) > 0
-    side = np.concatenate([overlay(image, np.asarray(ex["mask"]) > 0, colour=(0, 200, 0)), overlay(image, mask)], axis=1)
-    path = os.path.join(out_dir, f"{i:02d}_{re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')}.png")
-    Image.fromarray(side).save(path)
-    paths.append(path)
-  return paths
-
-
-def text_predictor(model_dir: str, threshold: float = 0.35):
-  """A model exported by jaxris.train (DIT or EVF-SAM) -> predict(image, text) -> logits, > 0 = mask."""
-  if _weights_family(model_dir) == "evf_sam":
-    from jaxris.inference.evf_predictor import EvfPredictor
-    return EvfPredictor(model_dir).predict  # logits > 0, the official EVF-SAM threshold
-  from jaxris.inference.ris_predictor import RisPredictor
-  return RisPredictor(model_dir, threshold).predict
-
-
 def run(args) -> dict:
-  from jaxris.data.image_io import read_image
-
   image = read_image(args.image)
   _check_inside(args, image.shape[0], image.shape[1])
   stem = os.path.splitext(os.path.basename(args.image))[0]
   if args.workdir is not None:
     return _run_text(args, image, stem)
-  if _weights_family(args.weights) == "evf_sam":
+  if weights_family(args.weights) == evf_sam.FAMILY:
     return _run_evf(args, image, stem)
   if args.text is not None:
     raise UsageError("--text needs --workdir (a trained text-prompted model) or EVF-SAM --weights; "
@@ -152,20 +124,7 @@ def run(args) -> dict:
   return _run_sam(args, image, stem)
 
 
-def _weights_family(directory: str) -> str | None:
-  """The family recorded in DIR/config.json by the converters; None when there is none to read."""
-  from jaxris.weights import store
-
-  try:
-    with open(os.path.join(directory, store.CONFIG_FILE)) as f:
-      return json.load(f).get("family")
-  except (OSError, ValueError, AttributeError):
-    return None  # the SAM loader then reports the missing or broken directory
-
-
 def _run_evf(args, image, stem) -> dict:
-  from jaxris.inference.evf_predictor import EvfPredictor
-
   if not args.text or not args.text.strip():
     raise UsageError("EVF-SAM weights need a non-empty --text \"...\" (the referring expression)")
   if args.multimask:
@@ -186,15 +145,12 @@ def _run_text(args, image, stem) -> dict:
     raise UsageError(f"{model_dir} not found: train first (python -m jaxris.train --config ... --workdir {args.workdir})")
   logits = text_predictor(model_dir)(image, args.text)[None]
   area = float((logits[0] > 0).mean())
-  threshold = 0.0 if _weights_family(model_dir) == "evf_sam" else 0.35
+  threshold = read_recipe(model_dir)["threshold"]
   return write_outputs(args.out, stem, image, logits, np.array([1.0]),
                        extra={"text": args.text, "threshold": threshold, "mask_area_fraction": area})
 
 
 def _run_sam(args, image, stem) -> dict:
-  from jaxris.inference.sam_predictor import SamPredictor
-  from jaxris.weights import sam as sam_weights
-
   if not args.point and args.box is None:
     raise UsageError("give at least one prompt: --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
   predictor = SamPredictor(sam_weights.load(args.weights))
@@ -210,8 +166,6 @@ def _run_sam(args, image, stem) -> dict:
 
 
 def main(argv=None) -> int:
-  from jaxris.data.image_io import ImageError
-
   try:
     args = build_parser().parse_args(argv)
     paths = run(args)

@@ -27,33 +27,40 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flax import nnx
+
+from jaxris import build
+from jaxris import checkpoint as ckpt
+from jaxris.inference import evaluation as ev
+from jaxris.configs import resolve_config_path
+from jaxris.data import inputs
+from jaxris.data.loader import make_dataset
+from jaxris.inference.export import export_model, recipe_of
+from jaxris.inference.overlays import write_examples
 from jaxris.losses import LOSSES
+from jaxris.models.functional import buffers, merge, split_params
+from jaxris.sharding import global_batch, make_mesh, replicated, tree_shardings
 
 
-def lr_schedule(opt, steps_per_epoch: int, total_steps: int):
-  """Learning rate per optimizer step: 'wcosine' (official DIT: linear warm-up, cosine to min_lr),
-  'step' (the DIT paper: x gamma at each milestone epoch) or 'linear' (LISA/EVF-SAM's
-  WarmupDecayLR: linear warm-up, then linear decay to min_lr at the last step).
-  The warm-up lasts ``warmup_steps`` if the config sets it, else ``warmup_epochs``."""
-  steps = opt.get("warmup_steps", 0)
-  warmup = max(int(steps if steps else round(opt.warmup_epochs * steps_per_epoch)), 0)
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    warm = opt.warmup_lr + step * (opt.lr - opt.warmup_lr) / max(warmup, 1)
-    if opt.schedule == "wcosine":
-      progress = (step - warmup) / max(total_steps - warmup, 1)
-      after = opt.min_lr + 0.5 * (opt.lr - opt.min_lr) * (1 + jnp.cos(jnp.pi * jnp.clip(progress, 0.0, 1.0)))
-    elif opt.schedule == "step":
-      drops = sum((step >= m * steps_per_epoch).astype(jnp.float32) for m in opt.milestones)
-      after = opt.lr * opt.gamma ** drops
-    elif opt.schedule == "linear":
-      progress = jnp.clip((step - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
-      after = opt.lr + (opt.min_lr - opt.lr) * progress
-    else:
-      raise ValueError(f"unknown schedule {opt.schedule!r}: 'wcosine', 'step' or 'linear'")
-    return jnp.where(step < warmup, warm, after)
-  return schedule
+def lr_schedule(opt, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """Learning rate per optimizer step, from optax: 'wcosine' (official DIT: linear warm-up from warmup_lr,
+  then cosine to min_lr at the last step), 'step' (the DIT paper: x gamma at each milestone epoch after
+  the warm-up) or 'linear' (LISA/EVF-SAM's WarmupDecayLR: linear warm-up, then linear decay to min_lr).
+  The warm-up lasts ``warmup_steps`` when > 0, else ``warmup_epochs`` epochs."""
+  warmup = max(int(opt.warmup_steps or round(opt.warmup_epochs * steps_per_epoch)), 0)
+  warm = optax.linear_schedule(opt.warmup_lr, opt.lr, max(warmup, 1))
+  after = max(total_steps - warmup, 1)
+  if opt.schedule == "wcosine":
+    rest = optax.cosine_decay_schedule(opt.lr, after, alpha=opt.min_lr / opt.lr)
+  elif opt.schedule == "step":
+    # join_schedules counts the second schedule's steps from the warm-up's end.
+    rest = optax.piecewise_constant_schedule(opt.lr, {int(m * steps_per_epoch) - warmup: opt.gamma
+                                                      for m in opt.milestones})
+  elif opt.schedule == "linear":
+    rest = optax.linear_schedule(opt.lr, opt.min_lr, after)
+  else:
+    raise ValueError(f"unknown schedule {opt.schedule!r}: 'wcosine', 'step' or 'linear'")
+  return optax.join_schedules([warm, rest], [warmup]) if warmup else rest
 
 
 def make_optimizer(cfg, params: dict, steps_per_epoch: int, total_steps: int):
@@ -85,11 +92,6 @@ class Trainer:
 
 def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int, total_steps: int) -> Trainer:
   """Shards the train state by the rules and builds the update step with explicit shardings."""
-  from flax import nnx
-
-  from jaxris.models.functional import merge
-  from jaxris.sharding import replicated, tree_shardings
-
   tx, schedule = make_optimizer(cfg, params, steps_per_epoch, total_steps)
 
   def init_state(params):
@@ -117,8 +119,11 @@ def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int
     params = optax.apply_updates(state["params"], updates)
     new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
     if cfg.ema_decay:  # official DIT EMA: the decay warms up as min(d, (t + 1) / (t + 10))
+      # Once per optimizer step: under gradient accumulation only every grad_accum-th micro-step
+      # changes the parameters, and an EMA taken at every micro-step would decay as d^grad_accum.
       t = (state["step"] // cfg.grad_accum).astype(jnp.float32)
       d = jnp.minimum(cfg.ema_decay, (t + 1) / (t + 10))
+      d = jnp.where(new["step"] % cfg.grad_accum == 0, d, 1.0)
       new["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
     return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
@@ -133,19 +138,12 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
   from absl import logging
   from tqdm import tqdm
 
-  from jaxris import checkpoint as ckpt
-  from jaxris import evaluate as ev
-  from jaxris.data import inputs
-  from jaxris.data.loader import make_dataset
-  from jaxris import build as ris
-  from jaxris.models.functional import buffers, split_params
-  from jaxris.sharding import global_batch, make_mesh
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   # --- Start-up checks: fail within seconds, before any heavy work.
   try:
     inputs.check_paths(cfg)
-    ris.check_init_paths(cfg.init)
+    build.check_init_paths(cfg.model, cfg.init)
   except FileNotFoundError as e:
     print(f"jaxris.train: error: {e}", file=sys.stderr)
     return 2
@@ -171,7 +169,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
   total_micro = total_steps * cfg.grad_accum
 
   # --- Model, sharded state, update step.
-  model, model_cfg, tokenizer = ris.build(cfg.model, cfg.init, cfg.seed)
+  model, model_cfg, tokenizer = build.build(cfg.model, cfg.init, cfg.seed)
   batch_keys = ("mask",) + type(model).BATCH_INPUTS
   graphdef, params, rest = split_params(model)
   del model
@@ -180,7 +178,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
   forward = ev.forward_fn(graphdef, rest)
   evaluate = lambda params, split, **kw: ev.evaluate_split(
       forward, params, inputs.eval_examples(cfg, split), preprocess, tokenizer, micro_batch, cfg.threshold, mesh,
-      model_inputs=batch_keys[1:], resize=cfg.get("eval_resize", "binary"), desc=f"eval {split}", **kw)
+      model_inputs=batch_keys[1:], resize=cfg.eval_resize, desc=f"eval {split}", **kw)
 
   # --- Checkpoint: resume from the newest one in workdir.
   checkpointer = ckpt.Checkpointer(workdir, cfg.keep_checkpoints)
@@ -238,8 +236,8 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
   checkpointer.close()
 
   # --- Export, final evaluation, overlays.
-  model_dir = ckpt.export_params(workdir, ris.weights_family(cfg.model), model_cfg.to_dict(),
-                                 {**_eval_params(state), **buffers(rest)}, _vocab_file(tokenizer), preprocess)
+  model_dir = export_model(os.path.join(workdir, "model"), build.weights_family(cfg.model), model_cfg.to_dict(),
+                           {**_eval_params(state), **buffers(rest)}, _vocab_file(tokenizer), recipe_of(cfg, preprocess))
   results = {}
   for split in cfg.data.eval_splits:
     results[split] = evaluate(_eval_params(state), split)
@@ -248,11 +246,10 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
                                                if k in ev.REPORTED}})
   if is_main:
     print(f"\nweights: {model_dir}\n")
-    print(ev.format_table(results, f"{cfg.model.get('scheme', 'evf')} on {cfg.data.name}"))
+    print(ev.format_table(results, f"{cfg.name} on {cfg.data.name}"))
     if cfg.predict_examples and cfg.data.eval_splits:
-      from jaxris.predict import write_examples
       paths = write_examples(model_dir, inputs.eval_examples(cfg, cfg.data.eval_splits[0])[:cfg.predict_examples],
-                             os.path.join(workdir, "predictions"), cfg.threshold)
+                             os.path.join(workdir, "predictions"))
       print(f"\noverlays: {os.path.dirname(paths[0])}")
   return 0
 
@@ -307,5 +304,6 @@ def _define_flags():
 if __name__ == "__main__":
   from absl import app
 
+  sys.argv = resolve_config_path(sys.argv)
   _define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

@@ -157,27 +157,6 @@ def test_all_padding_row_is_finite_and_leaves_other_rows_alone():
   np.testing.assert_array_equal(np.asarray(out.last_hidden_state[:-1]), np.asarray(full.last_hidden_state[:-1]))
 
 
-def test_dropout_only_in_training_mode():
-  # SMALL keeps transformers' default dropout of 0.1, and these are the parity test's shapes, so
-  # the eval-mode calls reuse its compilation.
-  _, model = _pair(SMALL, seed=1)
-  assert model.config.hidden_dropout_prob == model.config.attention_probs_dropout_prob == 0.1
-  ids, mask, types = _inputs(8, 11, SMALL["vocab_size"], 1)
-  a, b = _run(model, ids, mask, types), _run(model, ids, mask, types)
-  np.testing.assert_array_equal(np.asarray(a.last_hidden_state), np.asarray(b.last_hidden_state))
-  model.train()
-  with pytest.raises(ValueError, match="rngs"):
-    _run(model, ids, mask, types)
-  # "rbg" keys: XLA's RngBitGenerator compiles much faster on CPU than threefry.
-  c = _run(model, ids, mask, types, rngs=nnx.Rngs(dropout=jax.random.key(0, impl="rbg")))
-  d = _run(model, ids, mask, types, rngs=nnx.Rngs(dropout=jax.random.key(1, impl="rbg")))
-  assert not np.allclose(np.asarray(c.last_hidden_state), np.asarray(a.last_hidden_state))
-  assert not np.allclose(np.asarray(c.last_hidden_state), np.asarray(d.last_hidden_state))
-  model.eval()
-  np.testing.assert_array_equal(np.asarray(_run(model, ids, mask, types).last_hidden_state),
-                                np.asarray(a.last_hidden_state))
-
-
 def test_config_from_hf_config(tmp_path):
   hf = transformers.BertConfig(**ODD)
   hf.save_pretrained(tmp_path)
@@ -208,3 +187,29 @@ def test_bad_inputs_are_refused():
     _run(model, np.zeros((2, 5), np.int32), np.ones((2, 4), np.int32))
   with pytest.raises(ValueError, match=r"\[batch, length\]"):
     _run(model, np.zeros((5,), np.int32))
+
+
+def test_dropout_runs_in_training_mode_only():
+  """A call with a 'dropout' rng is training mode (transformers' model.train(): dropout 0.1 in the
+  embeddings, attention weights and both residual branches); without rngs it is eval mode. Before the
+  fix BERT's dropout layers were built deterministic and never ran, even while training DIT."""
+  _, model = _pair(dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=16))
+  ids, mask, _ = _inputs(2, 8, 50, 2)
+  ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+  train = nnx.jit(lambda m, key: m(ids, mask, rngs=nnx.Rngs(dropout=key)).hidden_states)
+  evaluate = nnx.jit(lambda m: m(ids, mask).hidden_states)
+  # "rbg" keys: XLA's RngBitGenerator compiles much faster on CPU than threefry.
+  key = lambda seed: jax.random.key(seed, impl="rbg")
+  a, b = train(model, key(0)), train(model, key(1))
+  for layer in range(3):  # the embeddings' output and both layers differ between two dropout draws
+    assert not np.allclose(np.asarray(a[layer]), np.asarray(b[layer])), layer
+  np.testing.assert_array_equal(np.asarray(train(model, key(0))[2]), np.asarray(a[2]))
+  np.testing.assert_array_equal(np.asarray(evaluate(model)[2]), np.asarray(evaluate(model)[2]))
+  # Rate 0 (a recipe's bert_dropout=0, e.g. a frozen text encoder) equals eval mode.
+  import dataclasses
+  quiet = BertModel(dataclasses.replace(model.config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                    rngs=nnx.Rngs(0))
+  nnx.update(quiet, nnx.state(model))
+  np.testing.assert_allclose(np.asarray(train(quiet, key(0))[2]), np.asarray(evaluate(model)[2]),
+                             rtol=0, atol=1e-6)

@@ -4,6 +4,7 @@ checkpoints, the official initialisations, and one training step of each refshap
 """
 
 import importlib.util
+import types
 import os
 import re
 
@@ -168,7 +169,7 @@ def _recipe(scheme):
 
 @pytest.mark.parametrize("scheme", NEW)
 def test_refshapes_recipe_trains_a_step(scheme, monkeypatch):
-  from jaxris import build as ris
+  from jaxris import build
   from jaxris.models.bert import BertModel
   from jaxris.models.functional import split_params
   from jaxris.sharding import global_batch, make_mesh
@@ -184,8 +185,8 @@ def test_refshapes_recipe_trains_a_step(scheme, monkeypatch):
   cfg.model.remat = scheme == "crossatt_ffn"
   text = BertModel(BertConfig(vocab_size=100, hidden_size=384, num_hidden_layers=1, num_attention_heads=6,
                               intermediate_size=64, max_position_embeddings=32), rngs=nnx.Rngs(1))
-  monkeypatch.setattr(bert_weights, "load", lambda path: (text, None))
-  model, _, _ = ris.build(cfg.model, cfg.init, seed=0)
+  monkeypatch.setattr(bert_weights, "load", lambda path: (text, types.SimpleNamespace(max_length=20)))
+  model, _, _ = build.build(cfg.model, cfg.init, seed=0)
   graphdef, params, rest = split_params(model)
   _check_official_init(scheme, params, width=128, depth=2)
   mesh = make_mesh((1, 1, 1), jax.devices()[:1])

@@ -6,12 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from jaxris.configs import evf_config
+from jaxris.configs import evf_sam_vith
 from jaxris.train import lr_schedule, train
 
 
 def _tiny_run(**overrides):
-  cfg = evf_config("refshapes")
+  cfg = evf_sam_vith.get_config("refshapes")
   cfg.model.sam_overrides = dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2,
                                  global_attn_indexes=(1,), window_size=4)
   cfg.model.prompt_embed_dim = 32
@@ -33,7 +33,8 @@ def _tiny_run(**overrides):
 
 
 def test_evf_refshapes_trains_exports_and_evaluates(tmp_path):
-  from jaxris import evaluate as ev
+  from jaxris.inference import evaluation as ev
+  from jaxris.inference.export import load_trained
   from jaxris.data.inputs import eval_examples, preprocess_for
   from jaxris.models.functional import split_params
   from jaxris.sharding import make_mesh
@@ -49,7 +50,7 @@ def test_evf_refshapes_trains_exports_and_evaluates(tmp_path):
   assert set(written) == set(ev.REPORTED)
 
   # The export reads back (EVF family, MiniLM's vocab.txt) and re-scores val to the same numbers.
-  model, tokenizer = ev.load_model(os.path.join(workdir, "model"), cfg)
+  model, tokenizer = load_trained(os.path.join(workdir, "model"))
   assert type(model).__name__ == "EvfSam" and model.cfg.beit3.encoder_layers == 2
   graphdef, params, rest = split_params(model)
   result = ev.evaluate_split(ev.forward_fn(graphdef, rest), params, eval_examples(cfg, "val"), preprocess_for(cfg),
@@ -67,9 +68,9 @@ def test_evf_frozen_parts_stay_fixed(tmp_path):
   restored = ckpt.Checkpointer(workdir, 2).restore(2, None)
   params = restored["params"]
   # Same seed, same init: an untrained build gives the starting point.
-  from jaxris import build as ris
+  from jaxris import build
   from jaxris.models.functional import split_params
-  model, _, _ = ris.build(cfg.model, cfg.init, cfg.seed)
+  model, _, _ = build.build(cfg.model, cfg.init, cfg.seed)
   _, init, _ = split_params(model)
   moved = {k for k in init if not np.array_equal(np.asarray(params[k]), np.asarray(init[k]))}
   assert moved and not {k for k in moved if k.startswith(("visual_model.image_encoder.", "visual_model.prompt_encoder."))}
@@ -77,7 +78,7 @@ def test_evf_frozen_parts_stay_fixed(tmp_path):
 
 
 def test_linear_schedule_warms_up_then_decays_to_min_lr():
-  cfg = evf_config("")
+  cfg = evf_sam_vith.get_config()
   schedule = lr_schedule(cfg.optimizer, steps_per_epoch=1, total_steps=1100)
   assert float(schedule(0)) == 0.0
   assert float(schedule(50)) == pytest.approx(0.5e-4)
@@ -87,13 +88,13 @@ def test_linear_schedule_warms_up_then_decays_to_min_lr():
 
 
 def test_missing_evf_inputs_fail_fast(tmp_path, capsys):
-  cfg = evf_config("")
+  cfg = evf_sam_vith.get_config()
   cfg.init.beit3 = str(tmp_path / "no_beit3")
   cfg.init.sam = ""
   cfg.data.name = "refshapes"
   assert train(cfg, str(tmp_path / "w")) == 2
   err = capsys.readouterr().err
-  assert "convert/beit3.py" in err and str(tmp_path / "no_beit3") in err
+  assert "jaxris.convert.beit3" in err and str(tmp_path / "no_beit3") in err
 
 
 def test_beit3_multiway_experts_get_tensor_parallel_rules():

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxris.configs import dit_config
+from jaxris.configs import ldit_vitb
 from jaxris.models.bert import BertConfig
 from jaxris.models.functional import split_params
 from jaxris.models.ris.dit_sam import RisConfig, RisSam
 from jaxris.models.sam.sam import sam_config
 from jaxris.sharding import global_batch, make_mesh
-from jaxris.train import create_trainer, train
+from jaxris.train import create_trainer, lr_schedule, train
 from jaxris.weights import store
 
 
@@ -29,7 +29,7 @@ def _tiny_model():
 
 
 def _config(**overrides):
-  cfg = dit_config("ldit", arg="refshapes")
+  cfg = ldit_vitb.get_config("refshapes")
   cfg.ema_decay = 0.999
   cfg.optimizer.warmup_epochs = 0.0
   # Adam's first step is lr * g / (|g| + eps): with the official eps (1e-9) it is lr * sign(g), so
@@ -103,7 +103,7 @@ def test_frozen_modules_do_not_move():
 
 
 def _refshapes_run(**overrides):
-  cfg = dit_config("ldit", arg="refshapes")
+  cfg = ldit_vitb.get_config("refshapes")
   cfg.model.sam_overrides = dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2,
                                  global_attn_indexes=(1,), window_size=4)
   cfg.model.prompt_embed_dim = 32
@@ -136,18 +136,99 @@ def test_resume_after_preemption_is_exact(tmp_path):
   for name in a:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
   assert os.path.isfile(os.path.join(straight, "eval_val.json"))
+  _check_predictor_reads_the_recipe(os.path.join(straight, "model"), _refshapes_run())
   lines = open(os.path.join(resumed, "metrics.jsonl")).read().splitlines()
   assert len([l for l in lines if '"loss"' in l]) == 4  # steps 1-2 before, 3-4 after the restart
 
 
 def test_missing_weights_fail_fast(tmp_path, capsys):
-  cfg = dit_config("ldit", arg="")
+  cfg = ldit_vitb.get_config()
   cfg.init.sam = str(tmp_path / "no_sam")
   cfg.data.name = "refshapes"
   assert train(cfg, str(tmp_path / "w")) == 2
   err = capsys.readouterr().err
-  assert "convert/sam.py" in err and str(tmp_path / "no_sam") in err
-  cfg = dit_config("ldit", arg="")
+  assert "jaxris.convert.sam" in err and str(tmp_path / "no_sam") in err
+  cfg = ldit_vitb.get_config()
   cfg.data.root = str(tmp_path / "no_refcoco")
   assert train(cfg, str(tmp_path / "w")) == 2
   assert "refs(unc).p" in capsys.readouterr().err
+
+
+def test_ema_is_updated_once_per_optimizer_step():
+  """Under gradient accumulation the EMA follows optimizer steps: after 2 optimizer steps of 2 micro-steps
+  each it holds exactly two EMA updates (the old code took four, the extra ones towards unchanged params)."""
+  cfg = _config(grad_accum=2, ema_decay=0.9997)
+  graphdef, params, rest = split_params(_tiny_model())
+  mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+  trainer = create_trainer(cfg, graphdef, params, rest, mesh, steps_per_epoch=10, total_steps=100)
+  host = lambda params: {k: np.array(v) for k, v in params.items()}  # copies: the step donates its input
+  state, seen = trainer.state, [host(trainer.state["params"])]
+  for _ in range(4):
+    state, _ = trainer.step(state, global_batch(_batch(), mesh))
+    seen.append(host(state["params"]))
+  p0, p2, p4 = seen[0], seen[2], seen[4]
+  assert all(np.array_equal(seen[1][k], p0[k]) for k in p0)  # the first micro-step only accumulates
+  d0, d1 = min(0.9997, 1 / 10), min(0.9997, 2 / 11)  # the official warm-up of the decay, t = 0 and 1
+  for name in ("text_proj.kernel", "visual_encoder.blocks.0.mlp.lin1.kernel"):
+    e1 = d0 * np.asarray(p0[name]) + (1 - d0) * np.asarray(p2[name])
+    expected = d1 * e1 + (1 - d1) * np.asarray(p4[name])
+    np.testing.assert_allclose(np.asarray(state["ema"][name]), expected, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def _official_lr(opt, step, steps_per_epoch, total_steps):
+  """The schedules as the official code bases write them (DIT's warm-up + cosine and milestones, LISA's
+  WarmupDecayLR), in plain Python: what the optax schedules of jaxris.train must reproduce."""
+  warmup = int(opt.warmup_steps or round(opt.warmup_epochs * steps_per_epoch))
+  if step < warmup:
+    return opt.warmup_lr + step * (opt.lr - opt.warmup_lr) / warmup
+  progress = min(max((step - warmup) / max(total_steps - warmup, 1), 0.0), 1.0)
+  if opt.schedule == "wcosine":
+    return opt.min_lr + 0.5 * (opt.lr - opt.min_lr) * (1 + np.cos(np.pi * progress))
+  if opt.schedule == "step":
+    return opt.lr * opt.gamma ** sum(step >= m * steps_per_epoch for m in opt.milestones)
+  return opt.lr + (opt.min_lr - opt.lr) * progress
+
+
+@pytest.mark.parametrize("schedule", ["wcosine", "step", "linear"])
+@pytest.mark.parametrize("warmup_epochs", [0.0, 3.0])
+def test_schedules_follow_the_official_formulas(schedule, warmup_epochs):
+  opt = ldit_vitb.get_config().optimizer
+  opt.schedule, opt.warmup_epochs, opt.min_lr = schedule, warmup_epochs, 1e-6
+  steps_per_epoch, total = 100, 4000  # 40 epochs, milestones at epochs 30 and 35
+  schedule_fn = lr_schedule(opt, steps_per_epoch, total)
+  for step in (0, 1, 150, 299, 300, 301, 1000, 2999, 3000, 3001, 3499, 3500, 3999, 4000, 4500):
+    want = _official_lr(opt, step, steps_per_epoch, total)
+    assert float(schedule_fn(step)) == pytest.approx(want, rel=1e-5, abs=1e-12), (schedule, step)
+
+
+def _check_predictor_reads_the_recipe(model_dir, cfg):
+  """The export records the trained recipe; RisPredictor takes its text length, preprocessing and
+  threshold from there (they were hard-coded to 20 tokens and 0.35), and is freed when dropped."""
+  import gc
+  import json
+  import weakref
+
+  from jaxris.inference.export import RECIPE_FILE
+  from jaxris.inference.ris_predictor import RisPredictor
+
+  recipe = json.load(open(os.path.join(model_dir, RECIPE_FILE)))
+  assert recipe["threshold"] == cfg.threshold and recipe["max_tokens"] == cfg.model.max_tokens
+  assert recipe["preprocess"]["size"] == cfg.data.image_size and recipe["config"]["name"] == cfg.name
+  image = np.random.default_rng(0).integers(0, 255, (48, 80, 3)).astype(np.uint8)
+  predictor = RisPredictor(model_dir)
+  assert predictor.tokenizer.max_length == cfg.model.max_tokens and predictor.threshold == cfg.threshold
+  logits = predictor.predict(image, "the red circle")
+  ref = weakref.ref(predictor)
+  del predictor
+  gc.collect()
+  assert ref() is None, "the jit cache keeps the predictor alive"
+  # A recipe trained with another threshold: the predictor's logits move by the difference of the cuts.
+  recipe.update(threshold=0.5)
+  json.dump(recipe, open(os.path.join(model_dir, RECIPE_FILE), "w"))
+  other = RisPredictor(model_dir)
+  assert other.threshold == 0.5
+  cut = np.log(cfg.threshold / (1 - cfg.threshold))  # 0.35 -> -0.62; 0.5 -> 0
+  np.testing.assert_allclose(other.predict(image, "the red circle"), logits + cut, rtol=0, atol=1e-5)
+  recipe.update(max_tokens=12)
+  json.dump(recipe, open(os.path.join(model_dir, RECIPE_FILE), "w"))
+  assert RisPredictor(model_dir).tokenizer.max_length == 12

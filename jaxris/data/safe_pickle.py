@@ -16,11 +16,10 @@ Python 2 `str` objects (SHORT_BINSTRING / BINSTRING opcodes) are decoded as UTF-
 superset of the ASCII that Python 3's default assumes, so both py2 and py3 dumps load.
 """
 
-import io
 import os
 import pickle
 
-__all__ = ["UnsafePickleError", "load", "loads"]
+__all__ = ["UnsafePickleError", "load"]
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -46,11 +45,6 @@ class _PlainUnpickler(pickle.Unpickler):
         f"{self._source}: refusing to load this pickle: it references an external "
         f"object (persistent id {pid!r}). Annotation pickles must hold only plain "
         "containers; nothing was executed.")
-
-
-def loads(data: bytes, source: str = "<bytes>"):
-  """Unpickles `data`, building only plain containers. `source` names it in errors."""
-  return _load(io.BytesIO(data), source)
 
 
 def load(path: str | os.PathLike):

@@ -15,14 +15,18 @@ lengths are padded to buckets (padding is masked or discarded) so new counts rar
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxris.data.transforms import preprocess, preprocess_config
+from jaxris.inference.export import read_recipe
 from jaxris.models.beit3 import POSITION_OFFSET
 from jaxris.models.sam.sam import postprocess_masks, scale_coords
+from jaxris.weights import evf_sam
 
 TEXT_LENGTH_STEP = 16  # token counts are padded to a multiple of this
 
@@ -36,9 +40,10 @@ class EvfPredictor:
   """Loads a converted EVF-SAM directory once; ``predict`` / ``predict_batch`` many times."""
 
   def __init__(self, model_dir: str, dtype=None):
-    from jaxris.weights import evf_sam
-
     self._setup(*evf_sam.load(model_dir, dtype))
+    recipe = read_recipe(model_dir, required=False)  # a converted release has none: the official logits > 0
+    if recipe is not None:  # a jaxris.train export: > 0 means sigmoid(logit) > the recipe's threshold
+      self.cut = math.log(recipe["threshold"] / (1 - recipe["threshold"]))
 
   @classmethod
   def from_model(cls, model, tokenizer) -> "EvfPredictor":
@@ -48,28 +53,18 @@ class EvfPredictor:
     return predictor
 
   def _setup(self, model, tokenizer):
-    from jaxris.data.transforms import preprocess_config
-
+    self.cut = 0.0
     self.model, self.tokenizer = model, tokenizer
     self.img_size = model.cfg.sam.encoder.img_size
     self.preprocess = preprocess_config("evf", size=self.img_size, train_sizes=(self.img_size,),
                                         evf_size=model.cfg.beit3.img_size)
-    self._graphdef, self._state = nnx.split(model)
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def _encode(self, state, images):
-    return nnx.merge(self._graphdef, state).visual_model.image_encoder(images)
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def _decode(self, state, embeddings, images_evf, image_index, input_ids, attention_mask, points, boxes):
-    model = nnx.merge(self._graphdef, state)
-    prompt = model.prompt_embedding(jnp.take(images_evf, image_index, axis=0), input_ids, attention_mask)
-    low_res, _ = model.decode(embeddings, prompt, points, boxes, image_index)
-    return low_res[:, 0]
+    graphdef, self._state = nnx.split(model)
+    # Jitted per predictor over the graph only: a jit with `self` static would keep every predictor
+    # (and its weights) alive in JAX's cache after the user drops it.
+    self._encode = jax.jit(functools.partial(_encode, graphdef))
+    self._decode = jax.jit(functools.partial(_decode, graphdef))
 
   def _prepare(self, images):
-    from jaxris.data.transforms import preprocess
-
     inputs = [preprocess(np.asarray(image), None, "", self.preprocess, train=False) for image in images]
     embeddings = self._encode(self._state, jnp.asarray(np.stack([x["image"] for x in inputs])))
     return inputs, embeddings, jnp.asarray(np.stack([x["image_evf"] for x in inputs]))
@@ -88,7 +83,7 @@ class EvfPredictor:
 
   def _postprocess(self, low_res, inp) -> np.ndarray:
     resized, orig = tuple(int(v) for v in inp["resized_size"]), tuple(int(v) for v in inp["orig_size"])
-    return np.asarray(postprocess_masks(jnp.asarray(low_res), self.img_size, resized, orig), np.float32)
+    return np.asarray(postprocess_masks(jnp.asarray(low_res), self.img_size, resized, orig) - self.cut, np.float32)
 
   def predict_batch(self, images: list[np.ndarray], prompts: list[list[str]]) -> list[np.ndarray]:
     """uint8 RGB images [H_i, W_i, 3] and each image's phrases -> float32 logits [n_i, H_i, W_i]."""
@@ -134,3 +129,14 @@ class EvfPredictor:
     low_res = self._decode(self._state, embeddings, images_evf, jnp.zeros((1,), jnp.int32), ids, mask,
                            sam_points, sam_boxes)
     return self._postprocess(np.asarray(low_res), inputs[0])[0]
+
+
+def _encode(graphdef, state, images):
+  return nnx.merge(graphdef, state).visual_model.image_encoder(images)
+
+
+def _decode(graphdef, state, embeddings, images_evf, image_index, input_ids, attention_mask, points, boxes):
+  model = nnx.merge(graphdef, state)
+  prompt = model.prompt_embedding(jnp.take(images_evf, image_index, axis=0), input_ids, attention_mask)
+  low_res, _ = model.decode(embeddings, prompt, points, boxes, image_index)
+  return low_res[:, 0]

@@ -17,25 +17,17 @@ class SamPredictor:
 
   def __init__(self, model: Sam):
     self.model = model
-    self._graphdef, self._state = nnx.split(model)
+    graphdef, self._state = nnx.split(model)
+    # Jitted per predictor over the graph only: a jit with `self` static would keep every predictor
+    # (and its weights) alive in JAX's cache after the user drops it.
+    self._encode = jax.jit(functools.partial(_encode, graphdef))
+    self._decode = jax.jit(functools.partial(_decode, graphdef), static_argnums=(5, 6, 7))
     self.reset_image()
 
   def reset_image(self) -> None:
     self.features = None
     self.original_size = None
     self.input_size = None
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def _encode(self, state, image):
-    model = nnx.merge(self._graphdef, state)
-    return model.image_encoder(model.preprocess(image))
-
-  @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
-  def _decode(self, state, features, points, boxes, mask_input, multimask_output, input_size, original_size):
-    model = nnx.merge(self._graphdef, state)
-    low_res, iou = model.decode(features, points, boxes, mask_input, multimask_output, batch_size=1)
-    masks = postprocess_masks(low_res, model.img_size, input_size, original_size)
-    return masks, iou, low_res
 
   def set_image(self, image: np.ndarray) -> None:
     """image: uint8 [H, W, 3] RGB."""
@@ -70,3 +62,15 @@ class SamPredictor:
     if not return_logits:
       masks = masks > 0.0
     return masks, np.asarray(iou[0]), np.asarray(low_res[0])
+
+
+def _encode(graphdef, state, image):
+  model = nnx.merge(graphdef, state)
+  return model.image_encoder(model.preprocess(image))
+
+
+def _decode(graphdef, state, features, points, boxes, mask_input, multimask_output, input_size, original_size):
+  model = nnx.merge(graphdef, state)
+  low_res, iou = model.decode(features, points, boxes, mask_input, multimask_output, batch_size=1)
+  masks = postprocess_masks(low_res, model.img_size, input_size, original_size)
+  return masks, iou, low_res

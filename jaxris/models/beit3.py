@@ -50,6 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxris.models.layers import layer_norm
+
 # torchscale's PositionalEmbedding numbers positions from 2, as fairseq does (0 and 1 were
 # fairseq's padding slots); the first two rows of both tables are never read.
 POSITION_OFFSET = 2
@@ -130,8 +132,7 @@ def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, dtype) -> nnx.Linear:
 
 
 def _layer_norm(dim: int, cfg: BEiT3Config, rngs: nnx.Rngs, dtype) -> nnx.LayerNorm:
-  # PyTorch computes the variance as mean((x - mean)^2); flax's fast E[x^2]-E[x]^2 loses digits.
-  return nnx.LayerNorm(dim, epsilon=cfg.layernorm_eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+  return layer_norm(dim, cfg.layernorm_eps, rngs, dtype)
 
 
 class _Multiway(nnx.Module):

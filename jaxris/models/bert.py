@@ -13,9 +13,8 @@ Parameters are always float32; ``dtype`` (e.g. jnp.bfloat16) is the compute dtyp
 matmul inputs and of the hidden states. Matmuls accumulate in float32, and softmax and
 LayerNorm statistics are float32, whatever ``dtype`` is.
 
-Dropout exists for fine-tuning only and is off by default: the model starts in eval mode.
-Turn it on with ``model.train()`` (or ``nnx.view(model, deterministic=False)``) and pass
-``rngs=nnx.Rngs(dropout=key)`` to the call. The model itself holds no RNG state, so its
+Dropout runs only in training mode, i.e. when the call gets ``rngs`` with a 'dropout' stream
+(transformers' model.train()); a call without rngs is eval mode. The model itself holds no RNG state, so its
 state is exactly its parameters.
 """
 
@@ -30,6 +29,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jaxris.models.layers import layer_norm
 
 
 def _tanh_gelu(x):
@@ -124,10 +125,14 @@ class BertModelOutput:
   pooler_output: jax.Array | None       # [B, hidden] = tanh(dense(last_hidden_state[:, 0])), None without pooler
 
 
+def _dropout(dropout: nnx.Dropout, x, rngs):
+  """Training mode is a call with rngs (a 'dropout' stream), as transformers' model.train(); without
+  rngs the layer is the identity (eval mode)."""
+  return dropout(x, deterministic=rngs is None, rngs=rngs)
+
+
 def _layer_norm(cfg: BertConfig, rngs: nnx.Rngs, dtype) -> nnx.LayerNorm:
-  # PyTorch computes the variance as mean((x - mean)^2); flax's fast E[x^2]-E[x]^2 loses digits.
-  return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False,
-                       dtype=dtype, rngs=rngs)
+  return layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs, dtype)
 
 
 class _Embeddings(nnx.Module):
@@ -140,13 +145,13 @@ class _Embeddings(nnx.Module):
     self.position_embeddings = embed(cfg.max_position_embeddings)
     self.token_type_embeddings = embed(cfg.type_vocab_size)
     self.LayerNorm = _layer_norm(cfg, rngs, dtype)
-    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, deterministic=True)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
   def __call__(self, input_ids, token_type_ids, rngs=None):
     positions = jnp.arange(input_ids.shape[1])[None, :]
     x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids) +
          self.position_embeddings(positions))
-    return self.dropout(self.LayerNorm(x), rngs=rngs)
+    return _dropout(self.dropout, self.LayerNorm(x), rngs)
 
 
 def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, dtype) -> nnx.Linear:
@@ -164,7 +169,7 @@ class _SelfAttention(nnx.Module):
     self.query = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
     self.key = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
     self.value = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
-    self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, deterministic=True)
+    self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob)
 
   def __call__(self, x, key_mask, rngs=None):
     b, t, d = x.shape
@@ -175,7 +180,7 @@ class _SelfAttention(nnx.Module):
     # Padding keys get the most negative float, as transformers' extended attention mask does;
     # a row with no valid key at all then attends uniformly instead of producing NaN.
     logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    weights = self.dropout(jax.nn.softmax(logits, axis=-1).astype(v.dtype), rngs=rngs)
+    weights = _dropout(self.dropout, jax.nn.softmax(logits, axis=-1).astype(v.dtype), rngs)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
     return out.reshape(b, t, d).astype(x.dtype)
 
@@ -186,10 +191,10 @@ class _Output(nnx.Module):
   def __init__(self, cfg: BertConfig, d_in: int, *, rngs: nnx.Rngs, dtype=None):
     self.dense = _linear(d_in, cfg.hidden_size, rngs, dtype)
     self.LayerNorm = _layer_norm(cfg, rngs, dtype)
-    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, deterministic=True)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
   def __call__(self, x, residual, rngs=None):
-    return self.LayerNorm(self.dropout(self.dense(x), rngs=rngs) + residual)
+    return self.LayerNorm(_dropout(self.dropout, self.dense(x), rngs) + residual)
 
 
 class _Attention(nnx.Module):

@@ -17,7 +17,7 @@ from flax import nnx
 from jaxris.models.sam.image_encoder import ImageEncoderViT
 from jaxris.models.sam.sam import VARIANTS, Sam, SamConfig, sam_config
 from jaxris.weights import reader
-from jaxris.weights import store
+from jaxris.weights import store, tiny_vit
 from jaxris.weights.mapping import (ConversionError, Rule, conv_kernel, conv_transpose_kernel, convert,
                                     identity, linear_kernel)
 
@@ -28,6 +28,7 @@ _CONVS = r"patch_embed\.proj|neck\.[02]|mask_downscaling\.[036]"
 _TABLES = r"point_embeddings\.\d+|not_a_point_embed|no_mask_embed|iou_token|mask_tokens"
 
 RULES = [  # first match wins
+    *tiny_vit.RULES,  # MobileSAM's TinyViT encoder (names no ViT checkpoint has)
     Rule(rf"(.*\.(?:{_LAYER_NORMS}))\.weight", r"\1.scale"),
     Rule(r"(.*\.output_upscaling\.[03])\.weight", r"\1.kernel", conv_transpose_kernel),
     Rule(rf"(.*\.(?:{_CONVS}))\.weight", r"\1.kernel", conv_kernel),
@@ -42,6 +43,8 @@ _VARIANT_BY_WIDTH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 def infer_config(state_dict: dict[str, np.ndarray], variant: str | None = None) -> SamConfig:
   """Reads the encoder's size from the tensor shapes (or starts from a forced `variant`)."""
+  if tiny_vit.is_tiny_vit(state_dict):
+    return tiny_vit.infer_config(state_dict)
   key = "image_encoder.patch_embed.proj.weight"
   if key not in state_dict:
     raise ConversionError(f"not a Segment Anything checkpoint: no '{key}' "
@@ -85,7 +88,7 @@ def convert_state_dict(state_dict, cfg: SamConfig | None = None,
   state_dict = reader.lazy(state_dict)
   cfg = cfg or infer_config(state_dict.stand_ins(), variant)  # shapes only: no tensor read
   shapes = store.param_shapes(abstract_model(cfg))
-  return cfg, convert(state_dict, RULES, shapes, what="SAM checkpoint")
+  return cfg, convert(state_dict, RULES, shapes, ignore=tiny_vit.IGNORE, what="SAM checkpoint")
 
 
 def read_checkpoint(path: str) -> reader.StateDict:

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxris.models.layers import layer_norm  # noqa: F401  (SAM's modules take it from here)
+
 
 def gelu(x):
   # torch.nn.GELU() is the exact erf form; jax.nn.gelu defaults to the tanh approximation.
@@ -17,11 +19,6 @@ class GELU(nnx.Module):
 
   def __call__(self, x):
     return gelu(x)
-
-
-def layer_norm(dim: int, eps: float, rngs: nnx.Rngs, dtype=None) -> nnx.LayerNorm:
-  # PyTorch computes the variance as mean((x - mean)^2); flax's fast E[x^2]-E[x]^2 loses digits.
-  return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 class MLPBlock(nnx.Module):

@@ -1,0 +1,40 @@
+"""Pictures for people: a text-prompted model's masks on dataset examples, next to the ground truth."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+from PIL import Image
+
+from jaxris.data.image_io import read_image
+from jaxris.inference.evf_predictor import EvfPredictor
+from jaxris.inference.export import weights_family
+from jaxris.inference.ris_predictor import RisPredictor
+from jaxris.visualize import overlay
+from jaxris.weights import evf_sam
+
+
+def text_predictor(model_dir: str):
+  """A model exported by jaxris.train (DIT or EVF-SAM) -> predict(image, text) -> logits, > 0 = mask."""
+  if weights_family(model_dir) == evf_sam.FAMILY:
+    return EvfPredictor(model_dir).predict
+  return RisPredictor(model_dir).predict
+
+
+def write_examples(model_dir: str, examples: list[dict], out_dir: str) -> list[str]:
+  """Overlays of the model's masks for dataset examples (their first sentence): ground truth in green
+  on the left, the prediction in blue on the right."""
+  predictor = text_predictor(model_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for i, ex in enumerate(examples):
+    image = ex["image"] if "image" in ex else read_image(ex["image_path"])
+    text = ex["sentences"][0]
+    mask = predictor(image, text) > 0
+    side = np.concatenate([overlay(image, np.asarray(ex["mask"]) > 0, colour=(0, 200, 0)), overlay(image, mask)], axis=1)
+    path = os.path.join(out_dir, f"{i:02d}_{re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')}.png")
+    Image.fromarray(side).save(path)
+    paths.append(path)
+  return paths
