@@ -47,7 +47,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxris.data.image_io import read_image, to_rgb_uint8
+from jaxris.data.image_io import read_image
 from jaxris.data.transforms import as_preprocess_config, preprocess
 
 __all__ = ["expand_examples", "process_range", "eval_positions", "make_dataset"]
@@ -281,7 +281,7 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
     if sentence_index < 0:
       sentence_index = int(rng.integers(len(ex["sentences"])))
     try:
-      image = to_rgb_uint8(ex["image"]) if "image" in ex else read_image(ex["image_path"])
+      image = ex["image"] if "image" in ex else read_image(ex["image_path"])  # preprocess converts
       out = preprocess(image, ex["mask"], ex["sentences"][sentence_index], cfg, train=train,
                        rng=rng)
     except ValueError as e:  # Name the example: tf.data reports only the message.
