@@ -54,7 +54,7 @@ def preprocess_for(cfg) -> transforms.PreprocessConfig:
                                             reverse=True))
   else:  # SAM / EVF-SAM: no scale augmentation, the longest side is the input size
     overrides["train_sizes"] = (size,)
-  if cfg.data.get("evf_size"):
+  if cfg.data.evf_size:
     overrides["evf_size"] = cfg.data.evf_size  # BEiT-3's square view (224 official)
   if cfg.data.name == "refshapes":
     # Colour words carry the meaning here; the flip (with left/right swapped) stays.
