@@ -113,3 +113,25 @@ def refshapes_run_settings(c: mlc.ConfigDict) -> None:
   c.checkpoint_every = 250
   c.eval_every = 350
   c.eval_examples = 300
+
+
+def dit_on_refshapes(c: mlc.ConfigDict, freeze: str = "", steps: int = 0) -> None:
+  """A DIT-SAM recipe's CPU-sized variant on the built-in RefShapes data, trained from scratch in
+  minutes: the small SAM of `cpu_sam` (random init) and the real all-MiniLM-L6-v2, frozen, as text encoder."""
+  cpu_sam(c.model)
+  c.model.bert_layer = -1       # MiniLM's last layer carries its sentence semantics
+  c.model.bert_dropout = 0.0    # the text encoder is frozen: dropout there would only add noise
+  c.init.sam = ""
+  c.init.bert = "minilm"
+  c.data = refshapes_data()
+  c.batch_size = 16
+  c.epochs = 0
+  c.steps = steps or 700        # ~1.9 epochs of 6000 scenes: what fits the CPU time budget
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_epochs = 0.3
+  c.optimizer.grad_clip = 1.0
+  c.optimizer.min_lr = 1e-5
+  c.ema_decay = 0.0
+  c.freeze = tuple(filter(None, freeze.split("+"))) or ("lang_encoder",)
+  c.loss = "bce+dice"
+  refshapes_run_settings(c)
