@@ -160,11 +160,11 @@ def _check_official_init(scheme, params, width, depth):
     assert np.all(p("cross.0.mhatt.linear_v.bias") == 0)
 
 
-def _recipe(scheme):
+def _recipe(scheme, arg="refshapes"):
   spec = importlib.util.spec_from_file_location(scheme, os.path.join(ROOT, "configs", f"{scheme}_vitb.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config("refshapes")
+  return module.get_config(arg)
 
 
 @pytest.mark.parametrize("scheme", NEW)
@@ -177,7 +177,7 @@ def test_refshapes_recipe_trains_a_step(scheme, monkeypatch):
   from jaxris.weights import bert as bert_weights
 
   cfg = _recipe(scheme)
-  assert cfg.model.scheme == scheme and cfg.epochs == (40 if scheme.startswith("token") else 25)
+  assert cfg.model.scheme == scheme and _recipe(scheme, "").epochs == (40 if scheme.startswith("token") else 25)
   # The recipe's model (128 wide, text 384 wide through prob_text) at 2 blocks and 64 px, with a
   # one-layer MiniLM-sized text encoder in place of the bundled MiniLM, to stay fast. Remat (which
   # wraps the blocks, not the slot modules) once, for the scheme with the most slot parameters.
