@@ -18,6 +18,11 @@ Differences from the official forward, none of which changes its results where i
     runs at 1024 px; here every grid is read from the input's shape, so any input size works (a
     multiple of 16 gives the grids the official blocks are built for);
   * tokens stay [B, H, W, C] between blocks instead of being flattened to [B, H*W, C].
+
+(A trap of the official code, not ours: its Attention caches ``attention_biases[:, idxs]`` in an
+``ab`` buffer when ``eval()`` runs, and ``build_sam_vit_t(checkpoint=...)`` calls ``eval()`` before
+loading the weights; the official model runs with the real biases only after another ``eval()``,
+as the MobileSAM README does.)
 """
 
 from __future__ import annotations
