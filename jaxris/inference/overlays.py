@@ -12,7 +12,7 @@ from jaxris.data.image_io import read_image
 from jaxris.inference.evf_predictor import EvfPredictor
 from jaxris.inference.export import weights_family
 from jaxris.inference.ris_predictor import RisPredictor
-from jaxris.visualize import overlay
+from jaxris.visualize import comparison
 from jaxris.weights import evf_sam
 
 
@@ -24,8 +24,8 @@ def text_predictor(model_dir: str):
 
 
 def write_examples(model_dir: str, examples: list[dict], out_dir: str) -> list[str]:
-  """Overlays of the model's masks for dataset examples (their first sentence): ground truth in green
-  on the left, the prediction in blue on the right."""
+  """Pictures of the model's masks for dataset examples (their first sentence): the phrase and the IoU
+  on top, ground truth in green on the left, the prediction in blue on the right."""
   predictor = text_predictor(model_dir)
   os.makedirs(out_dir, exist_ok=True)
   paths = []
@@ -33,7 +33,7 @@ def write_examples(model_dir: str, examples: list[dict], out_dir: str) -> list[s
     image = ex["image"] if "image" in ex else read_image(ex["image_path"])
     text = ex["sentences"][0]
     mask = predictor(image, text) > 0
-    side = np.concatenate([overlay(image, np.asarray(ex["mask"]) > 0, colour=(0, 200, 0)), overlay(image, mask)], axis=1)
+    side = comparison(image, np.asarray(ex["mask"]) > 0, mask, text)
     path = os.path.join(out_dir, f"{i:02d}_{re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')}.png")
     Image.fromarray(side).save(path)
     paths.append(path)
