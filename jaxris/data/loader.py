@@ -30,9 +30,14 @@ the per-process batch size `batch_size // process_count`:
 `jaxris.data.transforms.original_masks(examples, batch)` gives the ground truth at the
 original size.
 
-Multi-host: each process reads a contiguous shard of the (expanded) examples, as
-big_vision's input_pipeline does with tfds.even_splits. Training repeats its shard
-forever, reshuffled each epoch. Evaluation pads every shard with masked examples
+Multi-host training: one global stream of samples, the same whatever the process count:
+epoch e is a permutation of all items seeded by (seed, e), epochs follow one another, and
+global batch t is samples [t * B_global, (t + 1) * B_global) of that stream; process p
+loads its contiguous slice of each global batch, and every sample's augmentation is seeded
+by its global index. So 2 processes x 2 devices see exactly the batches of 1 process x 4,
+and a checkpoint resumes on any number of processes. Evaluation: each process reads a
+contiguous shard of the (expanded) examples, as big_vision's input_pipeline does with
+tfds.even_splits, and every shard is padded with masked examples
 (`_mask` False, example_id -1) to the same number of full batches,
 ceil(max shard / B), so all processes run the same number of steps and every example
 is counted exactly once (the official DIT/EVF loaders use torch's DistributedSampler,
@@ -50,7 +55,7 @@ import numpy as np
 from jaxris.data.image_io import read_image
 from jaxris.data.transforms import as_preprocess_config, preprocess
 
-__all__ = ["expand_examples", "process_range", "eval_positions", "make_dataset"]
+__all__ = ["expand_examples", "process_range", "train_sample", "eval_positions", "make_dataset"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -73,6 +78,25 @@ def process_range(num_items: int, process_index: int, process_count: int) -> tup
   base, extra = divmod(num_items, process_count)
   start = process_index * base + min(process_index, extra)
   return start, start + base + (process_index < extra)
+
+
+def train_sample(local_index: int, local_batch_size: int, process_index: int, process_count: int,
+                 num_items: int, seed: int, permutations: dict | None = None) -> tuple[int, int]:
+  """(global sample index, item position) of this process's `local_index`-th training sample.
+
+  The global stream: epoch e is np.random.default_rng([seed, e]).permutation(num_items); global
+  batch t holds samples t * G .. t * G + G - 1 (G = local_batch_size * process_count), of which
+  process p loads the p-th contiguous slice.
+  """
+  batch, j = divmod(local_index, local_batch_size)
+  k = (batch * process_count + process_index) * local_batch_size + j
+  epoch, offset = divmod(k, num_items)
+  cache = permutations if permutations is not None else {}
+  if epoch not in cache:
+    if len(cache) > 2:  # the stream moves forward: keep the current and next epochs only
+      cache.pop(min(cache))
+    cache[epoch] = np.random.default_rng([seed, epoch]).permutation(num_items)
+  return k, int(cache[epoch][offset])
 
 
 def eval_positions(num_items: int, local_batch_size: int, process_index: int,
@@ -224,7 +248,8 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
     num_parallel_calls: parallel per-example calls (default tf.data.AUTOTUNE).
     prefetch: batches to prefetch.
     skip_batches: training only: start the stream this many batches in, without loading the
-      skipped examples (a resumed run continues exactly where the checkpoint left off).
+      skipped examples (a resumed run, on any number of processes, continues exactly where the
+      checkpoint left off).
   """
   import tensorflow as tf  # Host-only; keep TF away from any accelerator.
   try:
@@ -266,10 +291,16 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
     return tuple(np.full(shape, -1 if k == "example_id" else 0, dtype)
                  for k, (dtype, shape) in specs.items())
 
+  permutations, lock = {}, threading.Lock()
+
   def load(position, counter):
     try:
       if not _EXIT_DRAIN.enter() or position < 0:
         return padding()
+      if train:  # position and augmentation from the global stream (module docstring)
+        with lock:
+          counter, position = train_sample(int(counter), local_batch, process_index, process_count,
+                                           len(items), seed, permutations)
       return load_example(position, counter)
     finally:
       _EXIT_DRAIN.leave()
@@ -277,7 +308,7 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
   def load_example(position, counter):
     ex_index, sentence_index = (int(v) for v in items[position])
     ex = examples[ex_index]
-    rng = np.random.default_rng([seed, process_index, int(counter)]) if train else None
+    rng = np.random.default_rng([seed, int(counter)]) if train else None
     if sentence_index < 0:
       sentence_index = int(rng.integers(len(ex["sentences"])))
     try:
@@ -298,20 +329,14 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
     return {k: tf.ensure_shape(v, specs[k][1]) for k, v in zip(names, values)}
 
   _EXIT_DRAIN.register()
-  start, stop = process_range(len(items), process_index, process_count)
   if train:
-    if stop - start < local_batch:
-      raise ValueError(f"Process {process_index} has {stop - start} training items, fewer than "
-                       f"its batch size {local_batch}.")
-    ds = tf.data.Dataset.from_tensor_slices(np.arange(start, stop, dtype=np.int64))
-    ds = ds.shuffle(stop - start, seed=seed + 7919 * process_index,
-                    reshuffle_each_iteration=True).repeat()
+    # The counter is this process's sample index; load() maps it to the global stream. Skipped
+    # batches (a resumed run) are never loaded.
+    ds = tf.data.Dataset.range(skip_batches * local_batch, np.iinfo(np.int64).max)
+    ds = ds.map(lambda i: (i, tf.constant(0, tf.int64)))
   else:
     positions = eval_positions(len(items), local_batch, process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices(positions)
-  ds = ds.enumerate()  # The counter seeds each element's augmentation.
-  if train and skip_batches:
-    ds = ds.skip(skip_batches * local_batch)  # before the map: skipped examples are never loaded
+    ds = tf.data.Dataset.from_tensor_slices(positions).enumerate()
   ds = ds.map(tf_load, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
               deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
