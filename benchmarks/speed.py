@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import timing  # noqa: E402
 
-GROUPS = ["sam", "bert", "beit3", "evf", "ldit_train"]
+GROUPS = ["sam", "mobile_sam", "bert", "beit3", "evf", "ldit_train"]
 
 
 def main() -> None:
