@@ -40,6 +40,7 @@ from jaxris.inference.overlays import write_examples
 from jaxris.losses import LOSSES
 from jaxris.models.functional import buffers, merge, split_params
 from jaxris.sharding import global_batch, make_mesh, replicated, tree_shardings
+from jaxris.preemption import PreemptionWatch
 
 
 def lr_schedule(opt, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
@@ -202,6 +203,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
   eval_every = cfg.eval_every or steps_per_epoch * cfg.grad_accum
   bar = tqdm(total=total_micro, initial=start, desc="train", unit="step", disable=not is_main, dynamic_ncols=True)
   t_last, n_last, last_good = time.perf_counter(), start, start
+  preemption = PreemptionWatch()
   for step in range(start + 1, total_micro + 1):
     host = next(batches)
     state, metrics = trainer.step(state, global_batch({k: host[k] for k in batch_keys}, mesh))
@@ -213,6 +215,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
         print(f"jaxris.train: error: loss is {metrics['loss']} at step {step}; stopping. The last good checkpoint "
               f"(step {last_good}) is kept in {checkpointer.directory}", file=sys.stderr)
         checkpointer.close()
+        preemption.close()
         return 3
       now = time.perf_counter()
       metrics.update(step=step, lr=float(trainer.schedule(step // cfg.grad_accum)),
@@ -220,12 +223,18 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
       t_last, n_last = now, step
       bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", img_s=f"{metrics['images_per_s']:.1f}")
       _log(log, writer, metrics)
-    if step % cfg.checkpoint_every == 0 or step == total_micro:
-      checkpointer.save(step, state)
+    preempted = preemption.should_stop(step)
+    if step % cfg.checkpoint_every == 0 or step == total_micro or preempted:
+      stall = checkpointer.save(step, state, wait=preempted)
       last_good = step
-    if stop_after is not None and step >= stop_after:
+      _log(log, writer, {"step": step, "checkpoint_stall_s": stall})
+    if preempted or (stop_after is not None and step >= stop_after):
       bar.close()
       checkpointer.close()
+      preemption.close()
+      if preempted and is_main:
+        print(f"jaxris.train: stopped by SIGTERM after step {step}; checkpoint {checkpointer.directory}/{step}. "
+              f"Run the same command again to resume.")
       return 0
     if eval_every and step % eval_every == 0 and step != total_micro and cfg.data.eval_splits:
       split = cfg.data.eval_splits[0]
@@ -234,6 +243,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
       bar.write(f"step {step}: {split} " + ", ".join(f"{k} {result[k]:.2f}" for k in ev.REPORTED))
   bar.close()
   checkpointer.close()
+  preemption.close()
 
   # --- Export, final evaluation, overlays.
   model_dir = export_model(os.path.join(workdir, "model"), build.weights_family(cfg.model), model_cfg.to_dict(),
@@ -256,9 +266,24 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
 
 def main(argv) -> int:
   from absl import flags
-  if flags.FLAGS.distributed:
-    jax.distributed.initialize()  # multi-host: coordinator and process ids from the cluster environment
-  return train(flags.FLAGS.config, flags.FLAGS.workdir)
+  f = flags.FLAGS
+  explicit = (f.coordinator, f.num_processes, f.process_id)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      print("jaxris.train: error: --coordinator, --num_processes and --process_id go together", file=sys.stderr)
+      return 2
+    _cpu_collectives()
+    jax.distributed.initialize(f.coordinator, num_processes=f.num_processes, process_id=f.process_id)
+  elif f.distributed:
+    _cpu_collectives()
+    jax.distributed.initialize()  # coordinator and process ids from the cluster (TPU pod, SLURM, ...)
+  return train(f.config, f.workdir, stop_after=f.stop_after)
+
+
+def _cpu_collectives():
+  """Processes on CPU talk through gloo (XLA:CPU has no cross-process collectives by default); the
+  setting touches only the CPU backend, so GPU and TPU runs are unaffected."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
 def _vocab_file(tokenizer) -> str:
@@ -296,8 +321,15 @@ def _define_flags():
   config_flags.DEFINE_config_file("config", None, "recipe file: configs/<recipe>.py[:key=value,...]",
                                   lock_config=False)
   flags.DEFINE_string("workdir", None, "output directory; rerunning the same command resumes from it")
-  flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host GPU/TPU runs; "
-                    "every process runs the same command and reads its own shard of the data)")
+  flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first, which finds the coordinator "
+                    "and process ids in the cluster's environment (TPU pods, SLURM, ...); every process runs the "
+                    "same command and reads its own share of each batch")
+  flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0, for a run whose processes are started by hand "
+                      "(with --num_processes and --process_id)")
+  flags.DEFINE_integer("num_processes", None, "number of processes of a run started by hand")
+  flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)")
+  flags.DEFINE_integer("stop_after", None, "leave after this step with a checkpoint, as a preempted job would "
+                       "(for testing resumption; SIGTERM does the same at any step)")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
