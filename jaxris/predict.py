@@ -1,4 +1,4 @@
-"""Predict masks for one image from the command line.
+"""Predict masks for one image, or many, from the command line.
 
   python -m jaxris.predict --weights weights/sam_vit_b --image photo.jpg --point 320,240 --out out/
   python -m jaxris.predict --weights weights/sam_vit_b --image photo.jpg --box 10,20,300,400 --multimask --out out/
@@ -14,6 +14,15 @@ the family is read from DIR/config.json) take --text, optionally with --point/--
 their logits > 0 is the mask, as in the official code. Coordinates are
 pixels of the original image, x to the right and y down. Bad input gives a one-line error and
 exit code 2.
+
+Many images: give --image several times and/or --image-dir DIR (every image file directly in DIR,
+by suffix, sorted by name); the same prompts apply to each image. The model is loaded once and each
+image encoded once (EVF-SAM text-only prompts run through its batch API, --batch-size images at a
+time); a progress bar goes to stderr, and OUT gets the four files per image plus summary.json
+(written files, and the error of each input that failed). An input that cannot be read, or whose
+size does not fit the point/box prompts, is reported on stderr and skipped; the rest are written.
+Exit code: 0 when every image was written, 1 when some failed (the summary line counts them), 2 for
+a usage error (bad arguments, no images, missing weights), when nothing is written.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -76,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
   src.add_argument("--weights", help="converted SAM or EVF-SAM weights directory (convert/sam.py, convert/evf_sam.py)")
   src.add_argument("--workdir", help="a jaxris.train output directory (its model/ is used) for --text")
   p.add_argument("--text", help="the referring expression (needs --workdir or EVF-SAM --weights)")
-  p.add_argument("--image", required=True, help="image file (any format PIL reads; converted to RGB)")
+  p.add_argument("--image", action="append", default=[],
+                 help="image file (any format PIL reads; converted to RGB); repeatable: several images")
+  p.add_argument("--image-dir", metavar="DIR",
+                 help=f"every image file directly in DIR ({' '.join(IMAGE_SUFFIXES)}), sorted by name")
+  p.add_argument("--batch-size", type=int, default=4,
+                 help="images per EVF-SAM batch when predicting many images with --text only (default 4)")
   p.add_argument("--point", action="append", type=parse_point, default=[], metavar="X,Y[,LABEL]",
                  help="a point prompt in pixels; LABEL 1 = foreground (default), 0 = background; repeatable")
   p.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="a box prompt in pixels")
@@ -168,6 +183,10 @@ def _run_sam(args, image, stem) -> dict:
 def main(argv=None) -> int:
   try:
     args = build_parser().parse_args(argv)
+    images = input_images(args)
+    if args.image_dir is not None or len(images) > 1:
+      return run_many(args, images)
+    args.image = images[0]  # one image: the single-image path, its outputs and exit codes
     paths = run(args)
   except (UsageError, ImageError, FileNotFoundError, ValueError) as e:
     print(f"jaxris.predict: error: {e}".splitlines()[0], file=sys.stderr)
@@ -175,6 +194,135 @@ def main(argv=None) -> int:
   for p in paths.values():
     print(p)
   return 0
+
+
+# --- Many images: load the model once, encode each image once, report and skip the inputs that fail.
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+EXIT_SOME_FAILED = 1
+
+
+def input_images(args) -> list[str]:
+  """The --image files, then the image files of --image-dir (sorted), without repeats."""
+  paths = list(args.image)
+  if args.image_dir is not None:
+    if not os.path.isdir(args.image_dir):
+      raise UsageError(f"--image-dir {args.image_dir} is not a directory")
+    found = sorted(os.path.join(args.image_dir, n) for n in os.listdir(args.image_dir)
+                   if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(args.image_dir, n)))
+    if not found:
+      raise UsageError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) in {args.image_dir}")
+    paths += found
+  if not paths:
+    raise UsageError("give an image: --image FILE (repeatable) or --image-dir DIR")
+  if args.batch_size < 1:
+    raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+  return list(dict.fromkeys(paths))
+
+
+Answer = tuple  # (logits float32 [K, H, W], scores [K], extra dict for scores.json)
+
+
+def batch_predictor(args) -> tuple[Callable[[list[np.ndarray]], list[Answer]], int]:
+  """Checks the prompts against the model (the single-image messages) and loads it once: returns
+  (predict(images) -> one answer per image, how many images to pass at a time)."""
+  if args.workdir is not None:
+    if not args.text or not args.text.strip():
+      raise UsageError("--workdir needs a non-empty --text \"...\" (the referring expression)")
+    if args.point or args.box is not None or args.multimask:
+      raise UsageError("--point/--box/--multimask are for SAM weights (--weights); text models take --text")
+    model_dir = os.path.join(args.workdir, "model")
+    if not os.path.isdir(model_dir):
+      raise UsageError(f"{model_dir} not found: train first (python -m jaxris.train --config ... --workdir {args.workdir})")
+    predict, threshold = text_predictor(model_dir), read_recipe(model_dir)["threshold"]
+    return (lambda images: [_text_answer(args, predict(images[0], args.text)[None], threshold)]), 1
+  if weights_family(args.weights) == evf_sam.FAMILY:
+    if not args.text or not args.text.strip():
+      raise UsageError("EVF-SAM weights need a non-empty --text \"...\" (the referring expression)")
+    if args.multimask:
+      raise UsageError("--multimask is for SAM weights; EVF-SAM predicts one mask")
+    evf = EvfPredictor(args.weights)
+    if args.point or args.box is not None:  # SAM prompts join the text: one image at a time
+      return (lambda images: [_text_answer(args, evf.predict(images[0], args.text, points=args.point or None,
+                                                               boxes=args.box)[None], 0.0)]), 1
+    return (lambda images: [_text_answer(args, logits, 0.0)
+                            for logits in evf.predict_batch(images, [[args.text]] * len(images))]), args.batch_size
+  if args.text is not None:
+    raise UsageError("--text needs --workdir (a trained text-prompted model) or EVF-SAM --weights; "
+                     f"{args.weights} holds plain SAM")
+  if not args.point and args.box is None:
+    raise UsageError("give at least one prompt: --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
+  sam = SamPredictor(sam_weights.load(args.weights))
+  kwargs = {}
+  if args.point:
+    kwargs["point_coords"] = np.array([p[:2] for p in args.point], np.float32)
+    kwargs["point_labels"] = np.array([p[2] for p in args.point], np.int32)
+  if args.box is not None:
+    kwargs["box"] = np.array(args.box, np.float32)
+
+  def predict_sam(images):
+    sam.set_image(images[0])  # the image encoder runs once per image
+    logits, scores, _ = sam.predict(multimask_output=args.multimask, return_logits=True, **kwargs)
+    return [(logits, scores, None)]
+  return predict_sam, 1
+
+
+def _text_answer(args, logits: np.ndarray, threshold: float) -> Answer:
+  area = float((logits[0] > 0).mean())
+  return logits, np.array([1.0]), {"text": args.text, "threshold": threshold, "mask_area_fraction": area}
+
+
+def run_many(args, images: list[str]) -> int:
+  """Predicts every image in `images`; returns the exit code (0, or EXIT_SOME_FAILED)."""
+  from tqdm import tqdm
+
+  predict, batch_size = batch_predictor(args)
+  written, failed, stems = {}, {}, {}
+  pending: list[tuple[str, str, np.ndarray]] = []
+
+  def fail(path, message):
+    failed[path] = message
+    tqdm.write(f"jaxris.predict: error: {path}: {message}".splitlines()[0], file=sys.stderr)
+
+  def flush():
+    if not pending:
+      return
+    try:
+      answers = predict([image for _, _, image in pending])
+    except (ValueError, RuntimeError) as e:  # the model refused the batch: every image in it failed
+      for path, _, _ in pending:
+        fail(path, f"{type(e).__name__}: {e}")
+    else:
+      for (path, stem, image), (logits, scores, extra) in zip(pending, answers):
+        written[path] = write_outputs(args.out, stem, image, logits, scores, extra)["mask.png"]
+    bar.update(len(pending))
+    pending.clear()
+
+  with tqdm(total=len(images), desc="predict", unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
+    for path in images:
+      stem = os.path.splitext(os.path.basename(path))[0]
+      try:
+        if stem in stems:
+          raise UsageError(f"its outputs would overwrite those of {stems[stem]} (same name {stem!r})")
+        image = read_image(path)
+        _check_inside(args, image.shape[0], image.shape[1])
+      except (UsageError, ImageError) as e:
+        fail(path, str(e))
+        bar.update(1)
+        continue
+      stems[stem] = path
+      pending.append((path, stem, image))
+      if len(pending) >= batch_size:
+        flush()
+    flush()
+
+  os.makedirs(args.out, exist_ok=True)
+  summary = os.path.join(args.out, "summary.json")
+  with open(summary, "w") as f:
+    json.dump({"images": len(images), "written": written, "failed": failed}, f, indent=2)
+  print(f"jaxris.predict: {len(images)} images: {len(written)} written to {args.out}, {len(failed)} failed"
+        f"{' (listed above and in ' + summary + ')' if failed else ''}")
+  return EXIT_SOME_FAILED if failed else 0
 
 
 if __name__ == "__main__":
