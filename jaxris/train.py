@@ -39,8 +39,8 @@ from jaxris.inference.export import export_model, recipe_of
 from jaxris.inference.overlays import write_examples
 from jaxris.losses import LOSSES
 from jaxris.models.functional import buffers, merge, split_params
-from jaxris.sharding import global_batch, make_mesh, replicated, tree_shardings
 from jaxris.preemption import PreemptionWatch
+from jaxris.sharding import global_batch, logical_axes, make_mesh, plan, replicated, state_shardings
 
 
 def lr_schedule(opt, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
@@ -91,8 +91,11 @@ class Trainer:
   abstract: dict            # shapes/dtypes of the state (for restoring checkpoints)
 
 
-def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int, total_steps: int) -> Trainer:
-  """Shards the train state by the rules and builds the update step with explicit shardings."""
+def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int, total_steps: int,
+                   materialize: bool = True) -> Trainer:
+  """Shards the train state by the parameters' logical axes and `cfg.sharding_rules`, and builds the
+  update step with explicit shardings. `materialize=False` (jaxris.aot: abstract `params`, a mesh of
+  TPU devices described on CPU) builds the step and shardings only; `state` is then None."""
   tx, schedule = make_optimizer(cfg, params, steps_per_epoch, total_steps)
 
   def init_state(params):
@@ -101,9 +104,13 @@ def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int
       state["ema"] = params
     return state
   abstract = jax.eval_shape(init_state, params)
-  shardings = tree_shardings(abstract, mesh)
-  shardings["step"] = replicated(mesh)
-  state = jax.jit(init_state, out_shardings=shardings)(params)
+  param_plan = plan(logical_axes(graphdef, params, rest), {k: v.shape for k, v in params.items()}, mesh,
+                    cfg.sharding_rules)
+  if param_plan.unnamed or param_plan.fallbacks:
+    from absl import logging
+    logging.warning("sharding: not split as the rules ask (mesh %s):\n%s", dict(mesh.shape), param_plan.report())
+  shardings = state_shardings(abstract, param_plan, mesh)
+  state = jax.jit(init_state, out_shardings=shardings)(params) if materialize else None
   loss_of = LOSSES[cfg.loss]
 
   def loss_fn(params, batch, key):
@@ -114,6 +121,10 @@ def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int
     return loss_of(logits.astype(jnp.float32), batch["mask"])
 
   def train_step(state, batch):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # activations' constraints see the mesh
+      return _train_step(state, batch)
+
+  def _train_step(state, batch):
     key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"])
     loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

@@ -128,17 +128,29 @@ def test_whole_model_with_text_narrower_than_vit():
 
 
 def test_sharding_rules_split_the_new_parameters():
-  from jaxris.sharding import make_mesh, param_spec
+  import dataclasses
+
+  from jaxris.models.ris.dit_encoder import TextInjectedEncoder
+  from jaxris.models.sam.sam import sam_config
+  from jaxris.sharding import make_mesh, model_plan
 
   mesh = make_mesh((1, 4, 2))
-  spec = lambda name, shape: tuple(param_spec(f"visual_encoder.{name}", shape, mesh))
-  assert spec("cross.0.linear_q.kernel", (768, 512)) == ("fsdp", "tensor")  # heads over 'tensor'
-  assert spec("cross.0.linear_q.bias", (512,)) == ("tensor",)
-  assert spec("cross.0.mhatt.linear_merge.kernel", (512, 768)) == ("tensor", "fsdp")
-  assert spec("cross.0.ffn.mlp.fc.linear.kernel", (768, 2048)) == ("fsdp", "tensor")
-  assert spec("cross.0.ffn.mlp.linear.kernel", (2048, 768)) == ("tensor", "fsdp")
-  assert spec("tokens", (12, 20, 768)) == (None, None, "fsdp")
-  assert spec("probs.kernel", (768, 768)) in (("fsdp", None), (None, "fsdp"))
+  enc = dataclasses.replace(sam_config("vit_b").encoder, depth=2, global_attn_indexes=(1,))
+
+  def specs(scheme):  # the logical names the modules declare, through the default rules
+    p = model_plan(nnx.eval_shape(lambda: TextInjectedEncoder(enc, scheme, 768, rngs=nnx.Rngs(0))), mesh)
+    assert not p.unnamed and not p.fallbacks, p.report()
+    return {k: tuple(v) for k, v in p.specs.items()}
+  spec = specs("crossatt")
+  assert spec["cross.0.linear_q.kernel"] == ("fsdp", "tensor")  # heads over 'tensor'
+  assert spec["cross.0.linear_q.bias"] == ("tensor",)
+  assert spec["cross.0.linear_merge.kernel"] == ("tensor", "fsdp")
+  assert spec["probs.0.kernel"] == ("fsdp", "tensor")
+  spec = specs("crossatt_ffn")
+  assert spec["cross.0.mhatt.linear_merge.kernel"] == ("tensor", "fsdp")
+  assert spec["cross.0.ffn.mlp.fc.linear.kernel"] == ("fsdp", "tensor")
+  assert spec["cross.0.ffn.mlp.linear.kernel"] == ("tensor", "fsdp")
+  assert specs("token_ldit")["tokens"] == (None, None, "fsdp")
 
 
 def _check_official_init(scheme, params, width, depth):

@@ -98,14 +98,22 @@ def test_missing_evf_inputs_fail_fast(tmp_path, capsys):
 
 
 def test_beit3_multiway_experts_get_tensor_parallel_rules():
+  # The names are the model's own (the FFN experts are ffn.A.fc1, not ffn.fc1.A, which the old
+  # regex table matched and this test asserted, so two thirds of BEiT-3 had no tensor split).
+  from flax import nnx
   from jax.sharding import PartitionSpec as P
 
-  from jaxris.sharding import make_mesh, param_spec
-  mesh = make_mesh((1, 2, 4))
+  from jaxris.build import evf_config
+  from jaxris.models.ris.evf import EvfSam
+  from jaxris.sharding import make_mesh, model_plan
+  cfg = evf_sam_vith.get_config("refshapes")
+  model = nnx.eval_shape(lambda: EvfSam(evf_config(cfg.model, vocab_size=1000), rngs=nnx.Rngs(0)))
+  plan = model_plan(model, make_mesh((1, 2, 4)), cfg.sharding_rules)
+  assert not plan.unnamed, plan.unnamed
   prefix = "mm_extractor.beit3.encoder.layers.0."
   for expert in "AB":
-    assert param_spec(f"{prefix}self_attn.q_proj.{expert}.kernel", (64, 64), mesh) == P("fsdp", "tensor")
-    assert param_spec(f"{prefix}self_attn.q_proj.{expert}.bias", (64,), mesh) == P("tensor")
-    assert param_spec(f"{prefix}self_attn.out_proj.{expert}.kernel", (64, 64), mesh) == P("tensor", "fsdp")
-    assert param_spec(f"{prefix}ffn.fc1.{expert}.kernel", (64, 256), mesh) == P("fsdp", "tensor")
-    assert param_spec(f"{prefix}ffn.fc2.{expert}.kernel", (256, 64), mesh) == P("tensor", "fsdp")
+    assert plan.specs[f"{prefix}self_attn.q_proj.{expert}.kernel"] == P("fsdp", "tensor")
+    assert plan.specs[f"{prefix}self_attn.q_proj.{expert}.bias"] == P("tensor")
+    assert plan.specs[f"{prefix}self_attn.out_proj.{expert}.kernel"] == P("tensor", "fsdp")
+    assert plan.specs[f"{prefix}ffn.{expert}.fc1.kernel"] == P("fsdp", "tensor")
+    assert plan.specs[f"{prefix}ffn.{expert}.fc2.kernel"] == P("tensor", "fsdp")

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxris.models.layers import layer_norm
+from jaxris.models.layers import axes, conv, dense, embedding, layer_norm, shard_batch
 
 # torchscale's PositionalEmbedding numbers positions from 2, as fairseq does (0 and 1 were
 # fairseq's padding slots); the first two rows of both tables are never read.
@@ -127,8 +127,8 @@ class BEiT3Output:
 _linear_init = nnx.initializers.truncated_normal(stddev=0.02, lower=-1.0, upper=1.0)
 
 
-def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, dtype) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, kernel_init=_linear_init, dtype=dtype, rngs=rngs)
+def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, dtype, names: tuple[str, str]) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, kernel_init=_linear_init, dtype=dtype, rngs=rngs, **dense(*names))
 
 
 def _layer_norm(dim: int, cfg: BEiT3Config, rngs: nnx.Rngs, dtype) -> nnx.LayerNorm:
@@ -161,12 +161,12 @@ class _SelfAttention(nnx.Module):
   def __init__(self, cfg: BEiT3Config, *, rngs: nnx.Rngs, dtype=None):
     d = cfg.encoder_embed_dim
     self.num_heads = cfg.encoder_attention_heads
-    linear = functools.partial(_linear, d, d, rngs, dtype)
+    linear = functools.partial(_linear, d, d, rngs, dtype, ("embed", "qkv"))
     self.k_proj = _Multiway(linear)
     self.v_proj = _Multiway(linear)
     self.q_proj = _Multiway(linear)
-    self.out_proj = _Multiway(linear)
-    self.inner_attn_ln = _Multiway(functools.partial(_layer_norm, d, cfg, rngs, dtype))
+    self.out_proj = _Multiway(functools.partial(_linear, d, d, rngs, dtype, ("heads", "embed")))
+    self.inner_attn_ln = _Multiway(functools.partial(_layer_norm, d, cfg, rngs, dtype))  # over heads x kv
 
   def __call__(self, x, n_vision: int, key_mask):
     b, n, d = x.shape
@@ -187,8 +187,8 @@ class _FeedForward(nnx.Module):
   """fc1 -> exact GELU (in float32) -> ffn_layernorm (subln) -> fc2; one expert of ``ffn``."""
 
   def __init__(self, cfg: BEiT3Config, *, rngs: nnx.Rngs, dtype=None):
-    self.fc1 = _linear(cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim, rngs, dtype)
-    self.fc2 = _linear(cfg.encoder_ffn_embed_dim, cfg.encoder_embed_dim, rngs, dtype)
+    self.fc1 = _linear(cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim, rngs, dtype, ("embed", "mlp"))
+    self.fc2 = _linear(cfg.encoder_ffn_embed_dim, cfg.encoder_embed_dim, rngs, dtype, ("mlp", "embed"))
     self.ffn_layernorm = _layer_norm(cfg.encoder_ffn_embed_dim, cfg, rngs, dtype)
 
   def __call__(self, x):
@@ -212,6 +212,7 @@ class _EncoderLayer(nnx.Module):
     self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2), deterministic=True)
 
   def __call__(self, x, n_vision: int, key_mask, rngs=None):
+    x = shard_batch(x)
     h = self.self_attn(self.self_attn_layer_norm(x, n_vision), n_vision, key_mask)
     x = x + self.drop_path(h, rngs=rngs)
     h = self.ffn(self.final_layer_norm(x, n_vision), n_vision)
@@ -224,7 +225,7 @@ class _PositionalEmbeddings(nnx.Module):
   def __init__(self, cfg: BEiT3Config, *, rngs: nnx.Rngs, dtype=None):
     # nn.Embedding's default init, N(0, 1): BEiT3Wrapper does not re-initialise embeddings.
     embed = functools.partial(nnx.Embed, features=cfg.encoder_embed_dim, dtype=dtype,
-                              embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
+                              embedding_init=nnx.initializers.normal(1.0), rngs=rngs, **embedding(None))
     self.A = embed(cfg.num_patches + 1 + POSITION_OFFSET)
     self.B = embed(cfg.max_source_positions)
 
@@ -252,9 +253,9 @@ class _VisionEmbedding(nnx.Module):
     # nn.Conv2d's default init (kaiming_uniform with a=sqrt(5): U(+-1/sqrt(fan_in))).
     self.proj = nnx.Conv(cfg.in_chans, d, kernel_size=(p, p), strides=(p, p), padding="VALID",
                          kernel_init=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                         dtype=dtype, rngs=rngs)
-    self.mask_token = nnx.Param(jnp.zeros((1, 1, d)))
-    self.cls_token = nnx.Param(jnp.zeros((1, 1, d)))
+                         dtype=dtype, rngs=rngs, **conv(None, "conv_out"))
+    self.mask_token = nnx.Param(jnp.zeros((1, 1, d)), **axes(None, None, "embed"))
+    self.cls_token = nnx.Param(jnp.zeros((1, 1, d)), **axes(None, None, "embed"))
 
   def __call__(self, images, masked_position=None):
     b = images.shape[0]
@@ -275,7 +276,7 @@ class BEiT3(nnx.Module):
     d = config.encoder_embed_dim
     # TextEmbedding.reset_parameters: N(0, D^-0.5), no padding row.
     self.text_embed = nnx.Embed(config.vocab_size, d, dtype=dtype,
-                                embedding_init=nnx.initializers.normal(d**-0.5), rngs=rngs)
+                                embedding_init=nnx.initializers.normal(d**-0.5), rngs=rngs, **embedding("vocab"))
     self.vision_embed = _VisionEmbedding(config, rngs=rngs, dtype=dtype)
     self.encoder = _Encoder(config, rngs=rngs, dtype=dtype)
 

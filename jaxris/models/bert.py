@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxris.models.layers import layer_norm
+from jaxris.models.layers import dense, embedding, layer_norm, shard_batch
 
 
 def _tanh_gelu(x):
@@ -141,9 +141,9 @@ class _Embeddings(nnx.Module):
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
     embed = functools.partial(nnx.Embed, features=cfg.hidden_size, dtype=dtype,
                               embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-    self.word_embeddings = embed(cfg.vocab_size)
-    self.position_embeddings = embed(cfg.max_position_embeddings)
-    self.token_type_embeddings = embed(cfg.type_vocab_size)
+    self.word_embeddings = embed(cfg.vocab_size, **embedding("vocab"))
+    self.position_embeddings = embed(cfg.max_position_embeddings, **embedding(None))
+    self.token_type_embeddings = embed(cfg.type_vocab_size, **embedding(None))
     self.LayerNorm = _layer_norm(cfg, rngs, dtype)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
@@ -154,11 +154,11 @@ class _Embeddings(nnx.Module):
     return _dropout(self.dropout, self.LayerNorm(x), rngs)
 
 
-def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, dtype) -> nnx.Linear:
+def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, dtype, names: tuple[str, str]) -> nnx.Linear:
   # Low-precision inputs, float32 accumulation and output: more accurate, and on CPU a bf16 dot
   # with a bf16 result is much slower than one with a float32 result.
   return nnx.Linear(d_in, d_out, dtype=dtype, preferred_element_type=jnp.float32,
-                    kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+                    kernel_init=nnx.initializers.normal(0.02), rngs=rngs, **dense(*names))
 
 
 class _SelfAttention(nnx.Module):
@@ -166,9 +166,9 @@ class _SelfAttention(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
     self.num_heads = cfg.num_attention_heads
-    self.query = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
-    self.key = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
-    self.value = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
+    self.query = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype, ("embed", "qkv"))
+    self.key = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype, ("embed", "qkv"))
+    self.value = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype, ("embed", "qkv"))
     self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob)
 
   def __call__(self, x, key_mask, rngs=None):
@@ -188,8 +188,8 @@ class _SelfAttention(nnx.Module):
 class _Output(nnx.Module):
   """dense -> dropout -> LayerNorm(. + residual): transformers' BertSelfOutput and BertOutput."""
 
-  def __init__(self, cfg: BertConfig, d_in: int, *, rngs: nnx.Rngs, dtype=None):
-    self.dense = _linear(d_in, cfg.hidden_size, rngs, dtype)
+  def __init__(self, cfg: BertConfig, d_in: int, inner: str, *, rngs: nnx.Rngs, dtype=None):
+    self.dense = _linear(d_in, cfg.hidden_size, rngs, dtype, (inner, "embed"))
     self.LayerNorm = _layer_norm(cfg, rngs, dtype)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
@@ -201,7 +201,7 @@ class _Attention(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
     self.self = _SelfAttention(cfg, rngs=rngs, dtype=dtype)
-    self.output = _Output(cfg, cfg.hidden_size, rngs=rngs, dtype=dtype)
+    self.output = _Output(cfg, cfg.hidden_size, "heads", rngs=rngs, dtype=dtype)
 
   def __call__(self, x, key_mask, rngs=None):
     return self.output(self.self(x, key_mask, rngs), x, rngs)
@@ -210,7 +210,7 @@ class _Attention(nnx.Module):
 class _Intermediate(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
-    self.dense = _linear(cfg.hidden_size, cfg.intermediate_size, rngs, dtype)
+    self.dense = _linear(cfg.hidden_size, cfg.intermediate_size, rngs, dtype, ("embed", "mlp"))
     self.act = _ACTIVATIONS[cfg.hidden_act]
 
   def __call__(self, x):
@@ -223,10 +223,10 @@ class _Layer(nnx.Module):
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
     self.attention = _Attention(cfg, rngs=rngs, dtype=dtype)
     self.intermediate = _Intermediate(cfg, rngs=rngs, dtype=dtype)
-    self.output = _Output(cfg, cfg.intermediate_size, rngs=rngs, dtype=dtype)
+    self.output = _Output(cfg, cfg.intermediate_size, "mlp", rngs=rngs, dtype=dtype)
 
   def __call__(self, x, key_mask, rngs=None):
-    x = self.attention(x, key_mask, rngs)
+    x = self.attention(shard_batch(x), key_mask, rngs)
     return self.output(self.intermediate(x), x, rngs)
 
 
@@ -239,7 +239,7 @@ class _Encoder(nnx.Module):
 class _Pooler(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dtype=None):
-    self.dense = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype)
+    self.dense = _linear(cfg.hidden_size, cfg.hidden_size, rngs, dtype, ("embed", "mlp"))
 
   def __call__(self, x):
     return jnp.tanh(self.dense(x[:, 0])).astype(x.dtype)

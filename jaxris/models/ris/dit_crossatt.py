@@ -15,23 +15,25 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxris.models.layers import axes, dense
+
 ATT_DIM = 512    # MHAtt hidden size (official constant)
 ATT_HEADS = 8
 FFN_DIM = 2048   # MHA_FFN's FFN hidden size (official constant)
 
 
-def torch_linear(din: int, dout: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.Linear:
+def torch_linear(din: int, dout: int, names: tuple[str, str], *, rngs: nnx.Rngs, dtype=None) -> nnx.Linear:
   """nn.Linear with PyTorch's default initialisation: weight and bias U(+-1/sqrt(din))."""
   bound = din ** -0.5
   return nnx.Linear(din, dout, kernel_init=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
                     bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound),
-                    dtype=dtype, rngs=rngs)
+                    dtype=dtype, rngs=rngs, **dense(*names))
 
 
-def xavier_linear(din: int, dout: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.Linear:
+def xavier_linear(din: int, dout: int, names: tuple[str, str], *, rngs: nnx.Rngs, dtype=None) -> nnx.Linear:
   """nn.Linear after the official ``xavier_uniform_(weight)`` and ``constant_(bias, 0)``."""
   return nnx.Linear(din, dout, kernel_init=nnx.initializers.xavier_uniform(),
-                    bias_init=nnx.initializers.zeros_init(), dtype=dtype, rngs=rngs)
+                    bias_init=nnx.initializers.zeros_init(), dtype=dtype, rngs=rngs, **dense(*names))
 
 
 class LayerNorm(nnx.Module):
@@ -39,8 +41,8 @@ class LayerNorm(nnx.Module):
 
   def __init__(self, dim: int, eps: float = 1e-6):
     self.eps = eps
-    self.weight = nnx.Param(jnp.ones((dim,)))
-    self.bias = nnx.Param(jnp.zeros((dim,)))
+    self.weight = nnx.Param(jnp.ones((dim,)), **axes("norm"))
+    self.bias = nnx.Param(jnp.zeros((dim,)), **axes("norm"))
 
   def __call__(self, x):
     dtype = x.dtype
@@ -54,10 +56,10 @@ class MHAtt(nnx.Module):
   """Multi-head attention v, k, q -> [B, Nq, dim]: scores / sqrt(head dim), dropout on the weights, no mask."""
 
   def __init__(self, dim: int, dropout: float, *, rngs: nnx.Rngs, dtype=None):
-    self.linear_v = xavier_linear(dim, ATT_DIM, rngs=rngs, dtype=dtype)
-    self.linear_k = xavier_linear(dim, ATT_DIM, rngs=rngs, dtype=dtype)
-    self.linear_q = xavier_linear(dim, ATT_DIM, rngs=rngs, dtype=dtype)
-    self.linear_merge = xavier_linear(ATT_DIM, dim, rngs=rngs, dtype=dtype)
+    self.linear_v = xavier_linear(dim, ATT_DIM, ("embed", "qkv"), rngs=rngs, dtype=dtype)
+    self.linear_k = xavier_linear(dim, ATT_DIM, ("embed", "qkv"), rngs=rngs, dtype=dtype)
+    self.linear_q = xavier_linear(dim, ATT_DIM, ("embed", "qkv"), rngs=rngs, dtype=dtype)
+    self.linear_merge = xavier_linear(ATT_DIM, dim, ("heads", "embed"), rngs=rngs, dtype=dtype)
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(self, v, k, q, *, deterministic: bool, rngs=None):
@@ -74,7 +76,7 @@ class _FC(nnx.Module):
   """sa_layer.FC: Linear -> ReLU -> Dropout."""
 
   def __init__(self, din: int, dout: int, dropout: float, *, rngs: nnx.Rngs, dtype=None):
-    self.linear = torch_linear(din, dout, rngs=rngs, dtype=dtype)
+    self.linear = torch_linear(din, dout, ("embed", "mlp"), rngs=rngs, dtype=dtype)
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(self, x, *, deterministic: bool, rngs=None):
@@ -86,7 +88,7 @@ class _MLP(nnx.Module):
 
   def __init__(self, dim: int, hidden: int, dropout: float, *, rngs: nnx.Rngs, dtype=None):
     self.fc = _FC(dim, hidden, dropout, rngs=rngs, dtype=dtype)
-    self.linear = torch_linear(hidden, dim, rngs=rngs, dtype=dtype)
+    self.linear = torch_linear(hidden, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype)
 
   def __call__(self, x, **kw):
     return self.linear(self.fc(x, **kw))

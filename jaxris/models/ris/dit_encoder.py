@@ -39,6 +39,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxris.models.layers import axes, dense
 from jaxris.models.ris import dit_crossatt as ca
 from jaxris.models.sam.image_encoder import ImageEncoderConfig, ImageEncoderViT
 
@@ -49,24 +50,26 @@ NUM_SLOTS = 20  # the official `tokens` parameters hard-code the 20 BERT positio
 
 def _zero_probs(enc, depth, width, rngs, dtype):
   zeros = nnx.initializers.zeros_init()
-  enc.probs = nnx.List([nnx.Linear(width, width, kernel_init=zeros, bias_init=zeros, dtype=dtype, rngs=rngs)
+  enc.probs = nnx.List([nnx.Linear(width, width, kernel_init=zeros, bias_init=zeros, dtype=dtype, rngs=rngs,
+                                   **dense("embed", "mlp"))
                         for _ in range(depth)])
 
 
 def _token_ldit_params(enc, depth, width, rngs, dtype):
-  enc.tokens = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (depth, NUM_SLOTS, width)))
+  enc.tokens = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (depth, NUM_SLOTS, width)), **axes(None, None, "embed"))
 
 
 def _token_edit_params(enc, depth, width, rngs, dtype):
-  enc.probs = ca.torch_linear(width, width, rngs=rngs, dtype=dtype)
+  enc.probs = ca.torch_linear(width, width, ("embed", "mlp"), rngs=rngs, dtype=dtype)
   # torch's xavier_uniform_ on a 3-D tensor: fan_in = 20 * C, fan_out = (D-1) * C.
   init = nnx.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=1, out_axis=0)
-  enc.tokens = nnx.Param(init(rngs.params(), (depth - 1, NUM_SLOTS, width)))
+  enc.tokens = nnx.Param(init(rngs.params(), (depth - 1, NUM_SLOTS, width)), **axes(None, None, "embed"))
 
 
 def _crossatt_params(enc, depth, width, rngs, dtype):
   ones, zeros = nnx.initializers.ones_init(), nnx.initializers.zeros_init()
-  enc.probs = nnx.List([nnx.Linear(width, width, kernel_init=ones, bias_init=zeros, dtype=dtype, rngs=rngs)
+  enc.probs = nnx.List([nnx.Linear(width, width, kernel_init=ones, bias_init=zeros, dtype=dtype, rngs=rngs,
+                                   **dense("embed", "mlp"))
                         for _ in range(depth)])
   enc.cross = nnx.List([ca.MHAtt(width, enc.slot_dropout.rate, rngs=rngs, dtype=dtype) for _ in range(depth - 1)])
   enc.ln = nnx.List([ca.LayerNorm(width) for _ in range(depth - 1)])
@@ -135,7 +138,7 @@ class TextInjectedEncoder(ImageEncoderViT):
       return
     width = cfg.embed_dim
     if text_dim != width:
-      self.prob_text = nnx.Linear(text_dim, width, dtype=dtype, rngs=rngs)
+      self.prob_text = nnx.Linear(text_dim, width, dtype=dtype, rngs=rngs, **dense("embed", "mlp"))
     self.slot_dropout = nnx.Dropout(slot_dropout)
     add_params(self, cfg.depth, width, rngs, dtype)
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxris.models.bert import BertConfig, BertModel
+from jaxris.models.layers import dense
 from jaxris.models.ris.dit_encoder import TextInjectedEncoder
 from jaxris.models.sam.mask_decoder import MaskDecoder
 from jaxris.models.sam.prompt_encoder import PromptEncoder
@@ -58,7 +59,7 @@ class RisSam(nnx.Module):
                                     sam.decoder_mlp_dim, sam.decoder_num_heads, sam.num_multimask_outputs,
                                     sam.iou_head_depth, sam.iou_head_hidden_dim, rngs=rngs, dtype=dtype)
     self.lang_encoder = BertModel(cfg.bert, rngs=rngs, dtype=dtype)
-    self.text_proj = nnx.Linear(text_dim, sam.prompt_embed_dim, dtype=dtype, rngs=rngs)
+    self.text_proj = nnx.Linear(text_dim, sam.prompt_embed_dim, dtype=dtype, rngs=rngs, **dense("embed", "mlp"))
 
   def encode_text(self, input_ids, attention_mask, *, rngs=None):
     out = self.lang_encoder(input_ids, attention_mask, rngs=rngs)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxris.models.beit3 import BEiT3, BEiT3Config
+from jaxris.models.layers import dense
 from jaxris.models.sam.sam import Sam, SamConfig, sam_config
 from jaxris.ops.resize import resize_2d
 
@@ -107,8 +108,8 @@ class EvfSam(nnx.Module):
     self.mm_extractor = MmExtractor(cfg.beit3, rngs=rngs, dtype=dtype)
     d, out = cfg.beit3.encoder_embed_dim, cfg.sam.prompt_embed_dim
     self.text_hidden_fcs = nnx.List([nnx.List([
-        nnx.Linear(cfg.feature_dim, d, dtype=dtype, rngs=rngs), ReLU(),
-        nnx.Linear(d, out, dtype=dtype, rngs=rngs)])])
+        nnx.Linear(cfg.feature_dim, d, dtype=dtype, rngs=rngs, **dense("embed", "mlp")), ReLU(),
+        nnx.Linear(d, out, dtype=dtype, rngs=rngs, **dense("mlp", "embed"))])])
 
   def features(self, images_evf, input_ids, attention_mask, *, rngs=None):
     """[N, feature_dim]: the pooled BEiT-3 feature of each (image, text) prompt."""

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxris.models.layers import layer_norm  # noqa: F401  (SAM's modules take it from here)
+from jaxris.models.layers import axes, dense, layer_norm  # noqa: F401  (SAM's modules take it from here)
 
 
 def gelu(x):
@@ -25,8 +25,8 @@ class MLPBlock(nnx.Module):
   """lin1 -> activation -> lin2 (segment_anything.modeling.common.MLPBlock)."""
 
   def __init__(self, dim: int, mlp_dim: int, act=gelu, *, rngs: nnx.Rngs, dtype=None):
-    self.lin1 = nnx.Linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
-    self.lin2 = nnx.Linear(mlp_dim, dim, dtype=dtype, rngs=rngs)
+    self.lin1 = nnx.Linear(dim, mlp_dim, dtype=dtype, rngs=rngs, **dense("embed", "mlp"))
+    self.lin2 = nnx.Linear(mlp_dim, dim, dtype=dtype, rngs=rngs, **dense("mlp", "embed"))
     self.act = act
 
   def __call__(self, x):
@@ -39,7 +39,10 @@ class MLP(nnx.Module):
   def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int,
                sigmoid_output: bool = False, *, rngs: nnx.Rngs, dtype=None):
     dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+    # Megatron pairs: even layers split their outputs over 'mlp', odd ones their inputs.
+    names = lambda i: dense("embed", "mlp") if i % 2 == 0 else dense("mlp", "embed")
+    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs, **names(i))
+                            for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
     self.sigmoid_output = sigmoid_output
 
   def __call__(self, x):
@@ -61,8 +64,9 @@ class ConvTranspose2x2(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype=None):
     bound = 1.0 / (out_features * 4) ** 0.5  # PyTorch's default init scale for ConvTranspose2d
     key = rngs.params()
-    self.kernel = nnx.Param(jax.random.uniform(key, (in_features, 2, 2, out_features), jnp.float32, -bound, bound))
-    self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+    self.kernel = nnx.Param(jax.random.uniform(key, (in_features, 2, 2, out_features), jnp.float32, -bound, bound),
+                           **axes("conv_in", None, None, "conv_out"))
+    self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32), **axes("conv_out"))
     self.dtype = dtype
 
   def __call__(self, x):  # (B, H, W, C_in) -> (B, 2H, 2W, C_out)
@@ -78,4 +82,4 @@ class Embedding(nnx.Module):
   """torch.nn.Embedding used by SAM as a learnt table of vectors: one ``weight`` [num, dim]."""
 
   def __init__(self, num: int, dim: int, *, rngs: nnx.Rngs):
-    self.weight = nnx.Param(jax.random.normal(rngs.params(), (num, dim)))  # nn.Embedding's N(0, 1) init
+    self.weight = nnx.Param(jax.random.normal(rngs.params(), (num, dim)), **axes(None, "embed"))  # nn.Embedding's N(0, 1) init

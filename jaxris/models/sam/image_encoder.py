@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxris.models.layers import axes, conv, dense, shard_batch
 from jaxris.models.sam.common import MLPBlock, layer_norm
 from jaxris.ops.resize import linear_matrix, resize_2d
 
@@ -98,13 +99,13 @@ class Attention(nnx.Module):
     self.num_heads = num_heads
     self.head_dim = dim // num_heads
     self.scale = self.head_dim ** -0.5
-    self.qkv = nnx.Linear(dim, dim * 3, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
-    self.proj = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+    self.qkv = nnx.Linear(dim, dim * 3, use_bias=qkv_bias, dtype=dtype, rngs=rngs, **dense("embed", "qkv"))
+    self.proj = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs, **dense("heads", "embed"))
     self.use_rel_pos = use_rel_pos
     if use_rel_pos:
       assert input_size is not None, "relative positions need the input size"
-      self.rel_pos_h = nnx.Param(jnp.zeros((2 * input_size[0] - 1, self.head_dim)))
-      self.rel_pos_w = nnx.Param(jnp.zeros((2 * input_size[1] - 1, self.head_dim)))
+      self.rel_pos_h = nnx.Param(jnp.zeros((2 * input_size[0] - 1, self.head_dim)), **axes(None, "kv"))
+      self.rel_pos_w = nnx.Param(jnp.zeros((2 * input_size[1] - 1, self.head_dim)), **axes(None, "kv"))
 
   def __call__(self, x: jnp.ndarray, grid: tuple[int, int], num_prefix: int = 0) -> jnp.ndarray:
     """x: [B, num_prefix + H*W, C] (prefix tokens first); returns the same shape."""
@@ -244,6 +245,7 @@ class Block(nnx.Module):
 
     Returns x, or (x, prefix) when a prefix was given.
     """
+    x = shard_batch(x)
     b, h, w, c = x.shape
     y = self.norm1(x)
     if self.window_size > 0:
@@ -293,7 +295,7 @@ class Block(nnx.Module):
 class PatchEmbed(nnx.Module):
   def __init__(self, patch_size: int, in_chans: int, embed_dim: int, *, rngs: nnx.Rngs, dtype=None):
     self.proj = nnx.Conv(in_chans, embed_dim, (patch_size, patch_size), strides=(patch_size, patch_size),
-                         padding="VALID", dtype=dtype, rngs=rngs)
+                         padding="VALID", dtype=dtype, rngs=rngs, **conv(None, "conv_out"))
 
   def __call__(self, x):
     return self.proj(x)
@@ -311,7 +313,7 @@ class ImageEncoderViT(nnx.Module):
     self.cfg = cfg
     self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, rngs=rngs, dtype=dtype)
     if cfg.use_abs_pos:
-      self.pos_embed = nnx.Param(jnp.zeros((1, cfg.grid, cfg.grid, cfg.embed_dim)))
+      self.pos_embed = nnx.Param(jnp.zeros((1, cfg.grid, cfg.grid, cfg.embed_dim)), **axes(None, None, None, "embed"))
     self.blocks = nnx.List([
         Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.use_rel_pos,
               0 if is_global or not cfg.window_partition else cfg.window_size,
@@ -319,10 +321,10 @@ class ImageEncoderViT(nnx.Module):
               rngs=rngs, dtype=dtype)
         for is_global in (i in cfg.global_attn_indexes for i in range(cfg.depth))])
     self.neck = nnx.List([
-        nnx.Conv(cfg.embed_dim, cfg.out_chans, (1, 1), use_bias=False, dtype=dtype, rngs=rngs),
+        nnx.Conv(cfg.embed_dim, cfg.out_chans, (1, 1), use_bias=False, dtype=dtype, rngs=rngs, **conv()),
         layer_norm(cfg.out_chans, 1e-6, rngs, dtype),
         nnx.Conv(cfg.out_chans, cfg.out_chans, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                 dtype=dtype, rngs=rngs),
+                 dtype=dtype, rngs=rngs, **conv()),
         layer_norm(cfg.out_chans, 1e-6, rngs, dtype),
     ])
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxris.models.layers import conv
 from jaxris.models.sam.common import GELU, Embedding, layer_norm
 
 
@@ -59,13 +60,13 @@ class PromptEncoder(nnx.Module):
     self.point_embeddings = nnx.List([Embedding(1, embed_dim, rngs=rngs) for _ in range(4)])
     self.not_a_point_embed = Embedding(1, embed_dim, rngs=rngs)
     self.mask_downscaling = nnx.List([
-        nnx.Conv(1, mask_in_chans // 4, (2, 2), strides=(2, 2), padding="VALID", rngs=rngs),
+        nnx.Conv(1, mask_in_chans // 4, (2, 2), strides=(2, 2), padding="VALID", rngs=rngs, **conv(None)),
         layer_norm(mask_in_chans // 4, 1e-6, rngs),
         GELU(),
-        nnx.Conv(mask_in_chans // 4, mask_in_chans, (2, 2), strides=(2, 2), padding="VALID", rngs=rngs),
+        nnx.Conv(mask_in_chans // 4, mask_in_chans, (2, 2), strides=(2, 2), padding="VALID", rngs=rngs, **conv()),
         layer_norm(mask_in_chans, 1e-6, rngs),
         GELU(),
-        nnx.Conv(mask_in_chans, embed_dim, (1, 1), rngs=rngs),
+        nnx.Conv(mask_in_chans, embed_dim, (1, 1), rngs=rngs, **conv()),
     ])
     self.no_mask_embed = Embedding(1, embed_dim, rngs=rngs)
 

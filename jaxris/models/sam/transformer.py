@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxris.models.layers import dense
 from jaxris.models.sam.common import MLPBlock, layer_norm
 
 
@@ -20,10 +21,10 @@ class Attention(nnx.Module):
     internal_dim = embedding_dim // downsample_rate
     assert internal_dim % num_heads == 0, "num_heads must divide embedding_dim / downsample_rate"
     self.num_heads = num_heads
-    self.q_proj = nnx.Linear(embedding_dim, internal_dim, dtype=dtype, rngs=rngs)
-    self.k_proj = nnx.Linear(embedding_dim, internal_dim, dtype=dtype, rngs=rngs)
-    self.v_proj = nnx.Linear(embedding_dim, internal_dim, dtype=dtype, rngs=rngs)
-    self.out_proj = nnx.Linear(internal_dim, embedding_dim, dtype=dtype, rngs=rngs)
+    self.q_proj = nnx.Linear(embedding_dim, internal_dim, dtype=dtype, rngs=rngs, **dense("embed", "qkv"))
+    self.k_proj = nnx.Linear(embedding_dim, internal_dim, dtype=dtype, rngs=rngs, **dense("embed", "qkv"))
+    self.v_proj = nnx.Linear(embedding_dim, internal_dim, dtype=dtype, rngs=rngs, **dense("embed", "qkv"))
+    self.out_proj = nnx.Linear(internal_dim, embedding_dim, dtype=dtype, rngs=rngs, **dense("heads", "embed"))
 
   def __call__(self, q, k, v):
     split = lambda x: x.reshape(x.shape[0], x.shape[1], self.num_heads, -1)
