@@ -48,7 +48,8 @@ def random_predictors():
 def test_random_image_embedding(random_predictors):
   ref, ours, _ = random_predictors
   assert ours.input_size == tuple(ref.input_size) and ours.original_size == tuple(ref.original_size)
-  assert_close(np.asarray(ours.features).transpose(0, 3, 1, 2), ref.get_image_embedding(), what="image embedding")
+  err = assert_close(np.asarray(ours.features).transpose(0, 3, 1, 2), ref.get_image_embedding(), what="image embedding")
+  print(f"\nrandom weights, image embedding: max abs error {err:.2e} of scale")
 
 
 @pytest.mark.parametrize("multimask", [False, True])
@@ -58,9 +59,10 @@ def test_random_predict_at_original_size(random_predictors, prompt, multimask):
   ref_masks, ref_iou, ref_low = ref.predict(multimask_output=multimask, return_logits=True, **PROMPTS[prompt])
   masks, iou, low = ours.predict(multimask_output=multimask, return_logits=True, **PROMPTS[prompt])
   assert masks.shape == ref_masks.shape == (3 if multimask else 1,) + image.shape[:2]
-  assert_close(masks, ref_masks, what="mask logits at the original size")
-  assert_close(iou, ref_iou, what="iou")
-  assert_close(low, ref_low, what="low-res logits")
+  errs = [assert_close(masks, ref_masks, what="mask logits at the original size"),
+          assert_close(iou, ref_iou, what="iou"), assert_close(low, ref_low, what="low-res logits")]
+  print(f"\nrandom weights, {prompt}, multimask={multimask}: logits / IoU / low-res logits max abs error "
+        + " / ".join(f"{e:.2e}" for e in errs) + " of scale")
 
 
 # --- the real checkpoint on real photographs ---------------------------------------------------
