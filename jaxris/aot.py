@@ -1,0 +1,301 @@
+"""Compile the exact train step for a TPU pod on this (CPU-only) machine: does it fit, how fast.
+
+  python -m jaxris.aot --config configs/ldit_vith.py --topology v5e:16x16 [--mesh "(64,4,1)"] \\
+      [--config.batch_size=1024] [--config.model.remat=True] [--json out.json]
+
+libtpu (``pip install -e ".[tpu-aot]"``) describes the topology's chips without any TPU attached;
+the update step that ``jaxris.train`` runs (the same function from `create_trainer`, the same
+shardings, the recipe's dtype and remat) is lowered with abstract parameters and batch (no data,
+no weights) and compiled by XLA's TPU compiler. Printed: per-chip memory (arguments + outputs +
+temporaries - aliased, from ``memory_analysis()``) against the chip's HBM, FLOPs per step
+(analytic, and XLA's ``cost_analysis()``), the estimated step time, and the MFU and images/s that
+implies. The step time is the TPU cost model's ``optimal_seconds`` where it is valid; for whole
+train steps it usually is not (negative), and then it is the roofline of XLA's own per-chip counts
+(its FLOPs at peak or its bytes accessed at HBM bandwidth, whichever is slower; communication not
+included), which the table says. These are compiler estimates, not measurements. Exit status: 0 when it compiled
+(fitting or not), 1 when libtpu is missing or the compile fails, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import re
+import sys
+
+# libtpu takes a machine-wide lock file unless told that several processes may load it, and
+# looks for TPU workers it will not find; neither matters when nothing runs on a TPU.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
+import numpy as np  # noqa: E402
+
+# chip generation -> (HBM bytes per chip, peak bf16 FLOP/s per chip, HBM bytes/s per chip)
+CHIPS = {
+    "v4": (32 << 30, 275e12, 1.23e12),
+    "v5e": (16 << 30, 197e12, 8.19e11),
+    "v5p": (95 << 30, 459e12, 2.765e12),
+    "v6e": (32 << 30, 918e12, 1.64e12),
+}
+TOPOLOGY = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")
+HOW_TO_GET_LIBTPU = ('jaxris.aot: error: libtpu is not installed; it is what describes and compiles for TPU chips '
+                     'here: pip install -e ".[tpu-aot]" (or pip install libtpu==0.0.42.1, the version jax 0.10.2 wants)')
+
+
+class BadInput(ValueError):
+  """Input the user can fix: printed as one line, exit status 2."""
+
+
+def parse_topology(name: str) -> tuple[str, int]:
+  """'v5e:16x16' -> ('v5e', 256)."""
+  m = TOPOLOGY.match(name or "")
+  if not m:
+    raise BadInput(f"unknown topology {name!r}: expected GEN:AxB[xC] with GEN one of {sorted(CHIPS)}, "
+                   "e.g. v5e:16x16, v4:4x4x4, v5p:4x4x4, v6e:8x8")
+  return m.group(1), math.prod(int(d) for d in m.group(2).split("x"))
+
+
+def parse_mesh(text, chips: int) -> tuple[int, int, int]:
+  """'(64,4,1)' (data, fsdp, tensor; one -1 allowed) -> a tuple whose product is `chips`."""
+  try:
+    shape = list(ast.literal_eval(text) if isinstance(text, str) else text)
+    assert len(shape) == 3 and all(isinstance(s, int) and (s > 0 or s == -1) for s in shape)
+    assert shape.count(-1) <= 1
+  except Exception:
+    raise BadInput(f"bad mesh {text!r}: expected (data, fsdp, tensor), e.g. \"(64,4,1)\", one -1 allowed") from None
+  if -1 in shape:
+    rest = math.prod(s for s in shape if s != -1)
+    if chips % rest:
+      raise BadInput(f"mesh {tuple(shape)} does not divide the {chips} chips")
+    shape[shape.index(-1)] = chips // rest
+  if math.prod(shape) != chips:
+    raise BadInput(f"mesh {tuple(shape)} has {math.prod(shape)} devices, the topology has {chips} chips")
+  return tuple(shape)
+
+
+# --- The model, abstractly.
+
+def abstract_model(cfg):
+  """The recipe's model from nnx.eval_shape (shapes and logical axes, no weights), with its dtype and remat."""
+  from flax import nnx
+
+  from jaxris import build
+  from jaxris.models.bert import BertConfig
+  from jaxris.models.ris.dit_sam import RisSam
+  from jaxris.models.ris.evf import EvfSam
+
+  dtype = build.DTYPES[cfg.model.dtype]
+  if build.family(cfg.model) == "dit":
+    # The converted bert-base-uncased is BertConfig's default; "minilm" is the bundled one's config.
+    bert = (BertConfig.from_hf_config(build.text_encoder_dir("minilm")) if cfg.init.bert == "minilm"
+            else BertConfig())
+    return nnx.eval_shape(lambda: RisSam(build.dit_config(cfg.model, bert), rngs=nnx.Rngs(0), dtype=dtype))
+  vocab = 30522 if cfg.init.tokenizer == "minilm" else None  # else BEiT-3's XLM-R vocabulary
+  return nnx.eval_shape(lambda: EvfSam(build.evf_config(cfg.model, vocab_size=vocab), rngs=nnx.Rngs(0), dtype=dtype))
+
+
+def _concrete(rest):
+  """Buffers and RNG state are constants of the step (train.py closes over them): make them real."""
+  import jax
+
+  def one(s):
+    if jax.dtypes.issubdtype(s.dtype, jax.dtypes.prng_key):
+      return jax.random.key(0) if not s.shape else jax.random.split(jax.random.key(0), s.shape[0])
+    return np.ones(s.shape, s.dtype)
+  return jax.tree.map(one, rest)
+
+
+def batch_shapes(cfg, model, micro_batch: int) -> dict:
+  """name -> (shape, dtype) of one (micro-)batch, the fields the model and loss read."""
+  size, length = cfg.data.image_size, cfg.model.max_tokens
+  shapes = {"image": ((micro_batch, size, size, 3), np.float32), "mask": ((micro_batch, size, size), np.float32),
+            "input_ids": ((micro_batch, length), np.int32), "attention_mask": ((micro_batch, length), np.int32)}
+  if "image_evf" in model.BATCH_INPUTS:
+    e = cfg.data.evf_size
+    shapes["image_evf"] = ((micro_batch, e, e, 3), np.float32)
+  return {k: shapes[k] for k in (*model.BATCH_INPUTS, "mask")}
+
+
+# --- Analytic FLOPs: the encoders' matmuls and attention (the mask decoder, < 1%, is left out).
+
+def _transformer_flops(tokens: int, width: int, mlp: int, layers: int, attn_tokens: int | None = None) -> float:
+  """Forward FLOPs of `layers` transformer layers on `tokens` tokens per sample; `attn_tokens` is
+  how many keys each query sees (default: all)."""
+  keys = tokens if attn_tokens is None else attn_tokens
+  return layers * (2 * tokens * (4 * width * width + 2 * width * mlp) + 4 * tokens * keys * width)
+
+
+def _vit_flops(enc, slots: int, windowed: bool) -> float:
+  grid = enc.img_size // enc.patch_size
+  d, m = enc.embed_dim, int(enc.embed_dim * enc.mlp_ratio)
+  flops = 2 * grid * grid * enc.patch_size ** 2 * enc.in_chans * d  # patch embedding
+  n_global = len(enc.global_attn_indexes) if windowed else enc.depth
+  flops += _transformer_flops(grid * grid + slots, d, m, n_global)
+  if enc.depth - n_global:
+    ws = enc.window_size
+    padded = (-(-grid // ws) * ws) ** 2
+    flops += _transformer_flops(padded, d, m, enc.depth - n_global, attn_tokens=ws * ws)
+  out = enc.out_chans
+  return flops + 2 * grid * grid * (d * out + 9 * out * out)  # the neck
+
+
+def model_flops(cfg, model, micro_batch: int) -> float:
+  """Training FLOPs of one step: 3x forward (forward, and backward for inputs and weights) for the
+  parts that train, 1x for frozen ones (nothing below them needs a gradient)."""
+  from jaxris import build
+  frozen = lambda prefix: any(prefix == f or prefix.startswith(f + ".") for f in cfg.freeze)
+  factor = lambda prefix: 1 if frozen(prefix) else 3
+  mc = model.cfg
+  if build.family(cfg.model) == "dit":
+    b = mc.bert
+    bert_layers = b.num_hidden_layers if mc.bert_layer < 0 else mc.bert_layer  # later layers are dead code
+    text = _transformer_flops(cfg.model.max_tokens, b.hidden_size, b.intermediate_size, bert_layers)
+    slots = 0 if mc.scheme == "default" else 20
+    image = _vit_flops(mc.sam.encoder, slots, windowed=False)  # DIT: global attention in every block
+    return micro_batch * (factor("lang_encoder") * text + factor("visual_encoder") * image)
+  be = mc.beit3
+  tokens = (cfg.data.evf_size // be.patch_size) ** 2 + 1 + cfg.model.max_tokens
+  beit3 = _transformer_flops(tokens, be.encoder_embed_dim, be.encoder_ffn_embed_dim, be.encoder_layers)
+  image = _vit_flops(mc.sam.encoder, 0, windowed=True)
+  return micro_batch * (factor("mm_extractor") * beit3 + factor("visual_model.image_encoder") * image)
+
+
+# --- Compile and report.
+
+def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
+  """Compiles `cfg`'s train step for `topology` and returns the report (see `format_table`)."""
+  import jax
+  from jax.experimental import topologies
+  from jax.sharding import Mesh
+
+  from jaxris.models.functional import split_params
+  from jaxris.sharding import AXES, batch_sharding
+  from jaxris.train import create_trainer
+
+  gen, chips = parse_topology(topology)
+  mesh_shape = parse_mesh(cfg.mesh if mesh_shape is None else mesh_shape, chips)
+  data_parallel = mesh_shape[0] * mesh_shape[1]
+  if cfg.batch_size % cfg.grad_accum or (cfg.batch_size // cfg.grad_accum) % data_parallel:
+    raise BadInput(f"batch_size {cfg.batch_size} / grad_accum {cfg.grad_accum} is not a multiple of the "
+                   f"data x fsdp mesh size {data_parallel}")
+  micro_batch = cfg.batch_size // cfg.grad_accum
+  try:
+    desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
+  except Exception as e:  # libtpu rejects shapes that are no real slice
+    raise BadInput(f"topology {topology!r} is not one libtpu knows: {str(e).splitlines()[0]}") from None
+  devices = np.asarray(desc.devices)
+  if devices.size != chips:
+    raise BadInput(f"topology {topology} has {devices.size} devices, expected {chips} chips")
+  mesh = Mesh(devices.reshape(mesh_shape), AXES)
+
+  model = abstract_model(cfg)
+  graphdef, params, rest = split_params(model)
+  trainer = create_trainer(cfg, graphdef, params, _concrete(rest), mesh, steps_per_epoch=1000,
+                           total_steps=100_000, materialize=False)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), trainer.abstract,
+                       trainer.shardings)
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
+           for k, (shape, dtype) in batch_shapes(cfg, model, micro_batch).items()}
+  compiled = trainer.step.lower(state, batch).compile()
+
+  mem = compiled.memory_analysis()
+  per_chip = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+              - mem.alias_size_in_bytes)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = dict(cost or {})
+  xla_flops = float(cost.get("flops", 0.0)) * chips  # the cost is of one chip's (SPMD) program
+  hbm, peak, bandwidth = CHIPS[gen]
+  analytic = model_flops(cfg, model, micro_batch)
+  # XLA's TPU cost model gives the whole program's time as `optimal_seconds`; for a train step it
+  # is often not valid (negative). Then the estimate is the roofline of XLA's own per-chip counts:
+  # the slower of its FLOPs at peak and its bytes accessed at HBM bandwidth (no communication).
+  seconds = float(cost.get("optimal_seconds", -1.0))
+  if seconds > 0:
+    step_s, source = seconds, "xla optimal_seconds"
+  elif cost.get("flops"):
+    step_s = max(float(cost["flops"]) / peak, float(cost.get("bytes accessed", 0.0)) / bandwidth)
+    source = "roofline of xla flops/bytes"
+  else:
+    step_s, source = None, "none"
+  return {
+      "topology": topology, "chips": chips, "mesh": list(mesh_shape), "global_batch": micro_batch,
+      "grad_accum": cfg.grad_accum, "dtype": cfg.model.dtype, "remat": bool(cfg.model.remat),
+      "per_chip_bytes": int(per_chip), "hbm_bytes": int(hbm), "fits": bool(per_chip <= hbm),
+      "memory": {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
+                 "temporaries": int(mem.temp_size_in_bytes), "aliased": int(mem.alias_size_in_bytes)},
+      "model_flops_per_step": analytic, "xla_flops_per_step": xla_flops,
+      "estimated_step_s": step_s, "step_time_source": source,
+      "estimated_mfu": analytic / (step_s * chips * peak) if step_s else None,
+      "images_per_s": micro_batch / step_s if step_s else None,
+      "peak_flops_per_chip": peak,
+      "xla_cost": {k: float(v) for k, v in cost.items() if "{" not in k},  # one chip's program
+  }
+
+
+def format_table(r: dict) -> str:
+  gib = lambda b: f"{b / (1 << 30):.2f} GiB"
+  opt = lambda v, f: "n/a" if v is None else f(v)
+  rows = [
+      ("topology", f"{r['topology']} ({r['chips']} chips)"),
+      ("mesh (data, fsdp, tensor)", str(tuple(r["mesh"]))),
+      ("global batch", f"{r['global_batch']}" + (f" x {r['grad_accum']} accumulated" if r["grad_accum"] > 1 else "")),
+      ("dtype / remat", f"{r['dtype']} / {r['remat']}"),
+      ("per-chip memory", f"{gib(r['per_chip_bytes'])} of {gib(r['hbm_bytes'])} HBM: "
+                          + ("fits" if r["fits"] else "DOES NOT FIT")),
+      ("  args/out/temp/aliased", " / ".join(gib(r["memory"][k]) for k in ("arguments", "outputs", "temporaries",
+                                                                             "aliased"))),
+      ("FLOPs/step (analytic)", f"{r['model_flops_per_step']:.3e}"),
+      ("FLOPs/step (XLA)", f"{r['xla_flops_per_step']:.3e}"),
+      ("est. step time", opt(r["estimated_step_s"], lambda s: f"{s * 1e3:.1f} ms ({r['step_time_source']})")),
+      ("est. MFU", opt(r["estimated_mfu"], lambda m: f"{100 * m:.1f}%")),
+      ("est. images/s", opt(r["images_per_s"], lambda v: f"{v:.1f}")),
+  ]
+  w = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{w}}  {v}" for k, v in rows) + "\n(compiler estimates for the TPU, not measured runs)"
+
+
+def main(argv) -> int:
+  from absl import flags
+  f = flags.FLAGS
+  if len(argv) > 1:
+    print(f"jaxris.aot: error: unexpected arguments {argv[1:]}", file=sys.stderr)
+    return 2
+  import importlib.util
+  if importlib.util.find_spec("libtpu") is None:
+    print(HOW_TO_GET_LIBTPU, file=sys.stderr)
+    return 1
+  try:
+    parse_topology(f.topology)
+    report = compile_step(f.config, f.topology, f.mesh)
+  except BadInput as e:
+    print(f"jaxris.aot: error: {e}", file=sys.stderr)
+    return 2
+  print(format_table(report))
+  if f.json:
+    with open(f.json, "w") as out:
+      json.dump(report, out, indent=1)
+  return 0
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "recipe file: configs/<recipe>.py[:key=value,...]",
+                                  lock_config=False)
+  flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:16x16, v4:8x8x8, v5p:4x4x8, v6e:8x8")
+  flags.DEFINE_string("mesh", None, "(data, fsdp, tensor) over the chips, e.g. \"(64,4,1)\"; default: the recipe's")
+  flags.DEFINE_string("json", None, "also write the report to this file as one JSON object")
+  flags.mark_flags_as_required(["config", "topology"])
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  from jaxris.configs import resolve_config_path
+  sys.argv = resolve_config_path(sys.argv)
+  _define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
