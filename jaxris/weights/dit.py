@@ -83,7 +83,8 @@ def convert_state_dict(state_dict, cfg: RisConfig) -> reader.StateDict:
 
 
 def build(cfg: RisConfig, params, dtype=None) -> RisSam:
-  model = RisSam(cfg, rngs=nnx.Rngs(0), dtype=dtype)
+  # Abstract first: every weight is assigned, so a random init would only cost compile time (25-45 s).
+  model = nnx.eval_shape(lambda: RisSam(cfg, rngs=nnx.Rngs(0), dtype=dtype))
   store.assign_params(model, dict(params))
   return model
 
