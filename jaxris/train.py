@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -99,7 +98,8 @@ def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int
   tx, schedule = make_optimizer(cfg, params, steps_per_epoch, total_steps)
 
   def init_state(params):
-    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "skipped": jnp.zeros((), jnp.int32)}  # updates dropped for a non-finite loss or gradient
     if cfg.ema_decay:
       state["ema"] = params
     return state
@@ -137,7 +137,14 @@ def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int
       d = jnp.minimum(cfg.ema_decay, (t + 1) / (t + 10))
       d = jnp.where(new["step"] % cfg.grad_accum == 0, d, 1.0)
       new["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
-    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    # A non-finite loss or gradient leaves parameters, optimizer state and EMA as they were (the data
+    # moves on); the host stops the run once more than cfg.skip_nonfinite updates were dropped.
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = {k: v if k == "step" else jax.tree.map(lambda a, b: jnp.where(finite, a, b), v, state[k])
+           for k, v in new.items()}
+    new["skipped"] = state["skipped"] + (~finite).astype(jnp.int32)
+    return new, {"loss": loss, "grad_norm": grad_norm, "skipped": new["skipped"]}
 
   step = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, replicated(mesh)),
                  donate_argnums=0)
@@ -221,10 +228,12 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
     bar.update(1)
     if step % cfg.log_every == 0 or step == total_micro:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not math.isfinite(metrics["loss"]):
+      if metrics["skipped"] > cfg.skip_nonfinite:
         bar.close()
-        print(f"jaxris.train: error: loss is {metrics['loss']} at step {step}; stopping. The last good checkpoint "
-              f"(step {last_good}) is kept in {checkpointer.directory}", file=sys.stderr)
+        print(f"jaxris.train: error: {int(metrics['skipped'])} updates had a non-finite loss or gradient by step "
+              f"{step} (last loss {metrics['loss']}), more than skip_nonfinite={cfg.skip_nonfinite}; stopping. "
+              f"They were not applied; the last checkpoint (step {last_good}) is kept in {checkpointer.directory}",
+              file=sys.stderr)
         checkpointer.close()
         preemption.close()
         return 3

@@ -232,3 +232,27 @@ def _check_predictor_reads_the_recipe(model_dir, cfg):
   recipe.update(max_tokens=12)
   json.dump(recipe, open(os.path.join(model_dir, RECIPE_FILE), "w"))
   assert RisPredictor(model_dir).tokenizer.max_length == 12
+
+
+def test_nonfinite_updates_are_skipped_and_counted():
+  """A batch giving a NaN loss leaves parameters, optimizer state and EMA unchanged and counts one
+  skipped update; the next good batch trains as usual (jaxris.train stops once the count exceeds
+  cfg.skip_nonfinite, keeping the last checkpoint, which the skipped update never touched)."""
+  cfg = _config(ema_decay=0.99)
+  graphdef, params, rest = split_params(_tiny_model())
+  mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+  trainer = create_trainer(cfg, graphdef, params, rest, mesh, steps_per_epoch=10, total_steps=100)
+  host = lambda tree: jax.tree.map(np.array, tree)  # copies: the step donates its input
+  before = host(trainer.state)
+  bad = _batch()
+  bad["image"][0, 0, 0, 0] = np.nan
+  state, metrics = trainer.step(trainer.state, global_batch(bad, mesh))
+  assert not np.isfinite(float(metrics["loss"])) and int(metrics["skipped"]) == 1 and int(state["step"]) == 1
+  after = host(state)
+  for part in ("params", "opt_state", "ema"):
+    for a, b in zip(jax.tree.leaves(after[part]), jax.tree.leaves(before[part])):
+      np.testing.assert_array_equal(a, b)
+  state, metrics = trainer.step(state, global_batch(_batch(), mesh))
+  assert np.isfinite(float(metrics["loss"])) and int(metrics["skipped"]) == 1
+  assert not np.array_equal(np.asarray(state["params"]["text_proj.kernel"]), before["params"]["text_proj.kernel"])
+  assert _refshapes_run().skip_nonfinite == 0  # every recipe declares it

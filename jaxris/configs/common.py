@@ -99,6 +99,7 @@ def dit_optimizer() -> mlc.ConfigDict:
 def run_settings(c: mlc.ConfigDict) -> None:
   """Mesh, logging, checkpointing and evaluation cadence of a full-size run."""
   c.mesh = (-1, 1, 1)               # (data, fsdp, tensor); -1 takes the remaining devices
+  c.skip_nonfinite = 0              # updates with a non-finite loss/gradient dropped (and counted) before stopping
   c.sharding_rules = (              # parameters' logical axes -> mesh axes (jaxris/sharding.py)
       ("embed", "fsdp"), ("mlp", "tensor"), ("qkv", "tensor"), ("heads", "tensor"), ("kv", None),
       ("vocab", "tensor"), ("conv_in", "fsdp"), ("conv_out", "tensor"), ("norm", None))
