@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxris.models.layers import axes, conv, dense, norm
 from jaxris.models.sam.common import GELU, gelu, layer_norm
 from jaxris.models.sam.image_encoder import window_partition, window_unpartition
 
@@ -81,8 +82,9 @@ class Conv2dBN(nnx.Module):
   def __init__(self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1, *,
                rngs: nnx.Rngs, dtype=None):
     self.c = nnx.Conv(a, b, (ks, ks), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                      feature_group_count=groups, use_bias=False, dtype=dtype, rngs=rngs)
-    self.bn = nnx.BatchNorm(b, epsilon=1e-5, use_running_average=True, dtype=dtype, rngs=rngs)
+                      feature_group_count=groups, use_bias=False, dtype=dtype, rngs=rngs,
+                      **conv(None if groups > 1 else "conv_in", "conv_out"))  # depthwise: one input channel
+    self.bn = nnx.BatchNorm(b, epsilon=1e-5, use_running_average=True, dtype=dtype, rngs=rngs, **norm())
     self.ks, self.stride, self.pad, self.depthwise = ks, stride, pad, groups == a == b and groups > 1
     self.dtype = dtype
 
@@ -187,11 +189,11 @@ class Attention(nnx.Module):
     self.key_dim = key_dim
     self.scale = key_dim ** -0.5
     self.norm = layer_norm(dim, 1e-5, rngs, dtype)
-    self.qkv = nnx.Linear(dim, 3 * key_dim * num_heads, dtype=dtype, rngs=rngs)
-    self.proj = nnx.Linear(key_dim * num_heads, dim, dtype=dtype, rngs=rngs)
+    self.qkv = nnx.Linear(dim, 3 * key_dim * num_heads, dtype=dtype, rngs=rngs, **dense("embed", "qkv"))
+    self.proj = nnx.Linear(key_dim * num_heads, dim, dtype=dtype, rngs=rngs, **dense("heads", "embed"))
     self.resolution = resolution
     num_offsets = int(attention_bias_idxs(resolution).max()) + 1
-    self.attention_biases = nnx.Param(jnp.zeros((num_heads, num_offsets)))
+    self.attention_biases = nnx.Param(jnp.zeros((num_heads, num_offsets)), **axes(None, None))
 
   def __call__(self, x):
     """x: [S, N, C] sequences of N = window**2 tokens -> [S, N, C]."""
@@ -216,8 +218,8 @@ class Mlp(nnx.Module):
 
   def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=None):
     self.norm = layer_norm(dim, 1e-5, rngs, dtype)
-    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs)
-    self.fc2 = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs)
+    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs, **dense("embed", "mlp"))
+    self.fc2 = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs, **dense("mlp", "embed"))
 
   def __call__(self, x):
     return self.fc2(gelu(self.fc1(self.norm(x))))
@@ -286,10 +288,10 @@ class TinyViT(nnx.Module):
                     cfg.local_conv_size, dims[i + 1] if i < n - 1 else None, rngs=rngs, dtype=dtype)
          for i in range(1, n)])
     self.neck = nnx.List([
-        nnx.Conv(dims[-1], cfg.out_chans, (1, 1), use_bias=False, dtype=dtype, rngs=rngs),
+        nnx.Conv(dims[-1], cfg.out_chans, (1, 1), use_bias=False, dtype=dtype, rngs=rngs, **conv()),
         layer_norm(cfg.out_chans, 1e-6, rngs, dtype),
         nnx.Conv(cfg.out_chans, cfg.out_chans, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                 dtype=dtype, rngs=rngs),
+                 dtype=dtype, rngs=rngs, **conv()),
         layer_norm(cfg.out_chans, 1e-6, rngs, dtype),
     ])
 
