@@ -19,6 +19,7 @@ included), which the table says. These are compiler estimates, not measurements.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -165,6 +166,14 @@ def model_flops(cfg, model, micro_batch: int) -> float:
 
 # --- Compile and report.
 
+@dataclasses.dataclass
+class _Memory:  # memory_analysis()'s fields, rebuilt when the compiler refuses for lack of HBM
+  argument_size_in_bytes: int
+  output_size_in_bytes: int
+  temp_size_in_bytes: int
+  alias_size_in_bytes: int
+
+
 def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
   """Compiles `cfg`'s train step for `topology` and returns the report (see `format_table`)."""
   import jax
@@ -199,16 +208,28 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
                        trainer.shardings)
   batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
            for k, (shape, dtype) in batch_shapes(cfg, model, micro_batch).items()}
-  compiled = trainer.step.lower(state, batch).compile()
-
-  mem = compiled.memory_analysis()
+  hbm, peak, bandwidth = CHIPS[gen]
+  lowered = trainer.step.lower(state, batch)
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    # The TPU compiler refuses a program that cannot fit; its message has the temporaries needed.
+    m = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\)", str(e))
+    if "RESOURCE_EXHAUSTED" not in str(e) or not m:
+      raise
+    temp = float(m.group(1)) * 1024 ** "KMGT".index(m.group(2)) * 1024
+    shard_bytes = lambda s: math.prod(s.sharding.shard_shape(s.shape)) * np.dtype(s.dtype).itemsize
+    args = sum(shard_bytes(s) for s in jax.tree.leaves((state, batch)))
+    mem = _Memory(int(args), 0, int(temp), 0)  # outputs are the donated state (aliased)
+    cost, refused = {}, str(e).splitlines()[0][:300]
+  else:
+    mem, refused = compiled.memory_analysis(), None
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = dict(cost or {})
   per_chip = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
               - mem.alias_size_in_bytes)
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  cost = dict(cost or {})
   xla_flops = float(cost.get("flops", 0.0)) * chips  # the cost is of one chip's (SPMD) program
-  hbm, peak, bandwidth = CHIPS[gen]
   analytic = model_flops(cfg, model, micro_batch)
   # XLA's TPU cost model gives the whole program's time as `optimal_seconds`; for a train step it
   # is often not valid (negative). Then the estimate is the roofline of XLA's own per-chip counts:
@@ -223,8 +244,9 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
     step_s, source = None, "none"
   return {
       "topology": topology, "chips": chips, "mesh": list(mesh_shape), "global_batch": micro_batch,
-      "grad_accum": cfg.grad_accum, "dtype": cfg.model.dtype, "remat": bool(cfg.model.remat),
-      "per_chip_bytes": int(per_chip), "hbm_bytes": int(hbm), "fits": bool(per_chip <= hbm),
+      "grad_accum": cfg.grad_accum, "dtype": cfg.model.dtype,
+      "remat": bool(cfg.model.remat) if "remat" in cfg.model else False,  # EVF: no remat (its ViT is frozen)
+      "per_chip_bytes": int(per_chip), "hbm_bytes": int(hbm), "fits": bool(per_chip <= hbm) and refused is None,
       "memory": {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
                  "temporaries": int(mem.temp_size_in_bytes), "aliased": int(mem.alias_size_in_bytes)},
       "model_flops_per_step": analytic, "xla_flops_per_step": xla_flops,
@@ -232,6 +254,7 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
       "estimated_mfu": analytic / (step_s * chips * peak) if step_s else None,
       "images_per_s": micro_batch / step_s if step_s else None,
       "peak_flops_per_chip": peak,
+      "compiler_refused": refused,  # set when XLA would not compile it for lack of HBM (fits: false)
       "xla_cost": {k: float(v) for k, v in cost.items() if "{" not in k},  # one chip's program
   }
 
@@ -245,11 +268,13 @@ def format_table(r: dict) -> str:
       ("global batch", f"{r['global_batch']}" + (f" x {r['grad_accum']} accumulated" if r["grad_accum"] > 1 else "")),
       ("dtype / remat", f"{r['dtype']} / {r['remat']}"),
       ("per-chip memory", f"{gib(r['per_chip_bytes'])} of {gib(r['hbm_bytes'])} HBM: "
-                          + ("fits" if r["fits"] else "DOES NOT FIT")),
+                          + ("fits" if r["fits"] else "DOES NOT FIT")
+                          + (" (the TPU compiler refused it; temporaries from its message)"
+                             if r["compiler_refused"] else "")),
       ("  args/out/temp/aliased", " / ".join(gib(r["memory"][k]) for k in ("arguments", "outputs", "temporaries",
                                                                              "aliased"))),
       ("FLOPs/step (analytic)", f"{r['model_flops_per_step']:.3e}"),
-      ("FLOPs/step (XLA)", f"{r['xla_flops_per_step']:.3e}"),
+      ("FLOPs/step (XLA)", f"{r['xla_flops_per_step']:.3e}" if r["xla_flops_per_step"] else "n/a"),
       ("est. step time", opt(r["estimated_step_s"], lambda s: f"{s * 1e3:.1f} ms ({r['step_time_source']})")),
       ("est. MFU", opt(r["estimated_mfu"], lambda m: f"{100 * m:.1f}%")),
       ("est. images/s", opt(r["images_per_s"], lambda v: f"{v:.1f}")),

@@ -1,0 +1,109 @@
+"""What fits where: the full-size recipes' train steps compiled for TPU pods (python -m jaxris.aot).
+
+  python benchmarks/pod_plan.py                    # every row, one compile at a time
+  python benchmarks/pod_plan.py --only 0 --only 2  # some rows
+  python benchmarks/pod_plan.py --results plan.json  # keep/merge results (rows already there are skipped)
+
+Each row is one `python -m jaxris.aot` command (printed with the table, so any row can be rerun
+alone). The figures are XLA's compiler estimates for the TPU (memory_analysis, cost_analysis and,
+where the cost model gives none, the roofline of XLA's FLOPs and bytes), not measured runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (what, recipe, topology, mesh, overrides): the mesh, dtype and remat chosen to fit. Pods by Cloud
+# TPU's names: v5e-N has N chips; v4-N and v5p-N count TensorCores, two per chip (v5p-128 = 64
+# chips, 4x4x4; v4-512 = 256 chips, 4x8x8).
+ROWS = [
+    ("L-DIT ViT-B 512, batch 1024", "configs/ldit_vitb.py", "v5e:8x8", "(16,4,1)",
+     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=True"]),
+    ("L-DIT ViT-B 512, batch 1024", "configs/ldit_vitb.py", "v5e:16x16", "(64,4,1)",
+     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=True"]),
+    ("L-DIT ViT-H 512, batch 1024", "configs/ldit_vith.py", "v5p:4x4x4", "(16,4,1)",
+     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=True"]),
+    ("L-DIT ViT-H 512, batch 1024", "configs/ldit_vith.py", "v4:4x8x8", "(64,4,1)",
+     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=True"]),
+    ("EVF-SAM SAM-H + BEiT-3-L, batch 128", "configs/evf_sam_vith.py", "v5e:16x16", "(32,4,2)",
+     ["--config.batch_size=128", "--config.grad_accum=1", "--config.model.dtype=bfloat16"]),
+    ("EVF-SAM SAM-H + BEiT-3-L, batch 128", "configs/evf_sam_vith.py", "v5p:4x4x4", "(16,4,1)",
+     ["--config.batch_size=128", "--config.grad_accum=1", "--config.model.dtype=bfloat16"]),
+]
+
+
+def command(row, json_path: str | None = None) -> list[str]:
+  _, recipe, topology, mesh, overrides = row
+  cmd = ["python", "-m", "jaxris.aot", "--config", recipe, "--topology", topology, "--mesh", mesh, *overrides]
+  return cmd + (["--json", json_path] if json_path else [])
+
+
+def run_row(row, timeout: float) -> dict:
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "r.json")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, *command(row, out)[1:]], cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout)
+    if r.returncode != 0:
+      return {"error": (r.stderr.strip().splitlines() or ["?"])[-1], "returncode": r.returncode}
+    report = json.load(open(out))
+    report["compile_wall_s"] = time.perf_counter() - t0
+    return report
+
+
+def table(rows, results: dict) -> str:
+  gib = lambda b: f"{b / (1 << 30):.1f} GiB"
+  lines = ["| model | pod | mesh (data, fsdp, tensor) | dtype / remat | per-chip memory | fits | est. MFU | "
+           "est. images/s | command |", "|---|---|---|---|---|---|---|---|---|"]
+  for i, row in enumerate(rows):
+    what, _, topology, mesh, _ = row
+    r = results.get(str(i))
+    cmd = "`" + shlex.join(command(row)) + "`"
+    if r is None or "error" in r:
+      note = "not run" if r is None else f"failed: {r['error']}"
+      lines.append(f"| {what} | {topology} | {mesh} | | {note} | | | | {cmd} |")
+      continue
+    pod = f"{topology} ({r['chips']} chips)"
+    mfu = "n/a" if r["estimated_mfu"] is None else f"{100 * r['estimated_mfu']:.0f}%"
+    ips = "n/a" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"
+    lines.append(f"| {what} | {pod} | {tuple(r['mesh'])} | {r['dtype']} / {r['remat']} | "
+                 f"{gib(r['per_chip_bytes'])} of {gib(r['hbm_bytes'])} | {'yes' if r['fits'] else 'NO'} | "
+                 f"{mfu} | {ips} | {cmd} |")
+  return "\n".join(lines)
+
+
+def main() -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--only", type=int, action="append", help="row index (repeatable); default: every row")
+  p.add_argument("--results", default=None, help="JSON file of results to extend (rows in it are not rerun)")
+  p.add_argument("--timeout", type=float, default=3600, help="seconds per compile")
+  a = p.parse_args()
+  results = json.load(open(a.results)) if a.results and os.path.exists(a.results) else {}
+  for i in a.only if a.only is not None else range(len(ROWS)):
+    if str(i) in results and "error" not in results[str(i)]:
+      continue
+    print(f"[{i}] {shlex.join(command(ROWS[i]))}", file=sys.stderr, flush=True)
+    try:
+      results[str(i)] = run_row(ROWS[i], a.timeout)
+    except subprocess.TimeoutExpired:
+      results[str(i)] = {"error": f"compile did not finish in {a.timeout:.0f} s", "returncode": None}
+    print(f"[{i}] {json.dumps(results[str(i)])[:300]}", file=sys.stderr, flush=True)
+    if a.results:
+      with open(a.results, "w") as f:
+        json.dump(results, f, indent=1)
+  print(table(ROWS, results))
+  print("\nCompiler estimates (XLA memory_analysis / cost_analysis for the TPU), not measured runs.")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
