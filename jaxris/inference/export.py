@@ -35,7 +35,10 @@ def export_model(out: str, family: str, model_config: dict, params: dict, vocab_
   """Writes the export to `out`; every process calls it (parameters are gathered), process 0 writes."""
   from jax.experimental import multihost_utils
 
-  host = multihost_utils.process_allgather(params, tiled=True)
+  # Arrays spread over several processes are gathered (a collective: every process, same order);
+  # host-local ones (buffers such as SAM's positional-encoding matrix) are the same everywhere.
+  host = {k: multihost_utils.process_allgather(v, tiled=True)
+          if isinstance(v, jax.Array) and not v.is_fully_addressable else v for k, v in params.items()}
   if jax.process_index() == 0:
     store.save(out, family, model_config, {k: np.asarray(v) for k, v in host.items()})
     if vocab_file:  # BERT's WordPiece vocabulary, or BEiT-3's sentencepiece model under EVF-SAM's file name
