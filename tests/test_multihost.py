@@ -20,6 +20,9 @@ import pytest
 
 from jaxris.weights import store
 
+# One xdist worker runs this module (.ci/run: --dist loadgroup), so the reference run happens once.
+pytestmark = pytest.mark.xdist_group("multihost")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 TINY = [  # the CPU recipe shrunk to seconds per step
