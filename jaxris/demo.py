@@ -161,8 +161,9 @@ def image_key(image: np.ndarray) -> str:
 class Segmenter:
   """One model (kind 'sam', 'evf' or 'dit') behind a lock. SAM keeps the embeddings of the last
   `cache_size` images and reuses them for later prompts (`encodes` counts the image-encoder runs).
-  EVF-SAM and DIT run their whole model per request: DIT's text enters its image encoder (nothing
-  text-free to cache), and EvfPredictor has no API that separates the image encoding yet."""
+  EvfPredictor keeps the SAM embeddings of its last images itself (only BEiT-3 and the decoder run
+  for a new phrase on the same image); DIT runs its whole model per request, since its text enters
+  the image encoder (nothing text-free to cache)."""
 
   def __init__(self, kind: str, predictor, cache_size: int = 8):
     self.kind, self.predictor, self.caps = kind, predictor, CAPABILITIES[kind]

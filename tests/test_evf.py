@@ -86,6 +86,24 @@ def test_single_prompt_matches_official_inference(setup):
   print(f"predict: relative max error {err:.2e}")
 
 
+def test_second_phrase_on_an_image_reuses_its_sam_embedding(setup):
+  """predict() keeps the last images' SAM embeddings: a new phrase (or prompt) on the same image runs
+  only BEiT-3 and the decoder, with the official answer; a new image is encoded."""
+  ref, _, official_tok, predictor, images = setup
+  image = images[0].copy()
+  predictor.predict(image, "the zebra")
+  before = predictor.encodes
+  got = predictor.predict(image.copy(), "the left elephant")  # equal pixels, another array
+  assert predictor.encodes == before
+  sam_images, evf_images, resize, orig = official_inputs([image])
+  ids = official_tok("the left elephant", return_tensors="pt")["input_ids"]
+  with torch.no_grad():
+    expected = ref.inference(sam_images, evf_images, ids, resize, orig)[0]
+  assert_close(got, expected, what="logits from the cached embedding")
+  predictor.predict(np.ascontiguousarray(image[::-1]), "the zebra")  # an image not seen before
+  assert predictor.encodes == before + 1
+
+
 def test_call_one_prompt_per_image_matches_official_forward(setup):
   # The training / evaluation path: pipeline batch -> EvfSam.__call__ -> restore_original.
   ref, model, official_tok, predictor, images = setup

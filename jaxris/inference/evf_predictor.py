@@ -14,7 +14,9 @@ lengths are padded to buckets (padding is masked or discarded) so new counts rar
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 import math
 
 import jax
@@ -63,10 +65,28 @@ class EvfPredictor:
     # (and its weights) alive in JAX's cache after the user drops it.
     self._encode = jax.jit(functools.partial(_encode, graphdef))
     self._decode = jax.jit(functools.partial(_decode, graphdef))
+    # The last few single images' SAM embeddings: later phrases or prompts on the same image (a demo,
+    # a notebook) skip SAM's image encoder, as the official SamPredictor.set_image does.
+    self._cache: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+    self.cache_size = 4
+    self.encodes = 0  # SAM image-encoder runs (images encoded)
 
   def _prepare(self, images):
+    if len(images) == 1:
+      image = np.ascontiguousarray(images[0])
+      key = hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
+      if key not in self._cache:
+        self._cache[key] = self._encode_images([image])
+        while len(self._cache) > self.cache_size:
+          self._cache.popitem(last=False)
+      self._cache.move_to_end(key)
+      return self._cache[key]
+    return self._encode_images(images)
+
+  def _encode_images(self, images):
     inputs = [preprocess(np.asarray(image), None, "", self.preprocess, train=False) for image in images]
     embeddings = self._encode(self._state, jnp.asarray(np.stack([x["image"] for x in inputs])))
+    self.encodes += len(images)
     return inputs, embeddings, jnp.asarray(np.stack([x["image_evf"] for x in inputs]))
 
   def _tokens(self, texts: list[str], rows: int):
