@@ -136,11 +136,18 @@ def test_sigterm_checkpoints_exits_0_and_resumes_exactly(reference, tmp_path):
   _assert_same(tmp_path / "run", reference)
 
 
-def test_kill_9_during_a_checkpoint_write_then_resume_on_two_processes(reference, tmp_path):
+def test_kill_9_during_a_checkpoint_write_resumes_exactly(reference, tmp_path):
   """A checkpoint every step, written in the background: the kill -9 lands during some write. The
-  rerun (on 2 processes: a 1 -> 2 resume) starts from the newest complete checkpoint."""
+  rerun starts from the newest complete checkpoint and ends bit-identical to the uninterrupted run."""
   code, _ = _interrupt(tmp_path / "run", signal.SIGKILL, after_step=4, extra=["--config.checkpoint_every=1"])
   assert code == -signal.SIGKILL
+  _run(tmp_path / "run", 1)
+  _assert_same(tmp_path / "run", reference)
+
+
+def test_resume_from_one_process_on_two(reference, tmp_path):
+  _run(tmp_path / "run", 1, extra=["--stop_after", "4"])
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]
   _run(tmp_path / "run", 2)
   _assert_same(tmp_path / "run", reference, atol=1e-5)
 
