@@ -150,7 +150,8 @@ def _run_evf(args, image, stem) -> dict:
                        extra={"text": args.text, "threshold": 0.0, "mask_area_fraction": area})
 
 
-def _run_text(args, image, stem) -> dict:
+def _text_model_dir(args) -> str:
+  """RUN/model of --workdir, after the checks of a text prompt (the same for one image or many)."""
   if not args.text or not args.text.strip():
     raise UsageError("--workdir needs a non-empty --text \"...\" (the referring expression)")
   if args.point or args.box is not None or args.multimask:
@@ -158,6 +159,11 @@ def _run_text(args, image, stem) -> dict:
   model_dir = os.path.join(args.workdir, "model")
   if not os.path.isdir(model_dir):
     raise UsageError(f"{model_dir} not found: train first (python -m jaxris.train --config ... --workdir {args.workdir})")
+  return model_dir
+
+
+def _run_text(args, image, stem) -> dict:
+  model_dir = _text_model_dir(args)
   logits = text_predictor(model_dir)(image, args.text)[None]
   area = float((logits[0] > 0).mean())
   threshold = read_recipe(model_dir)["threshold"]
@@ -227,13 +233,7 @@ def batch_predictor(args) -> tuple[Callable[[list[np.ndarray]], list[Answer]], i
   """Checks the prompts against the model (the single-image messages) and loads it once: returns
   (predict(images) -> one answer per image, how many images to pass at a time)."""
   if args.workdir is not None:
-    if not args.text or not args.text.strip():
-      raise UsageError("--workdir needs a non-empty --text \"...\" (the referring expression)")
-    if args.point or args.box is not None or args.multimask:
-      raise UsageError("--point/--box/--multimask are for SAM weights (--weights); text models take --text")
-    model_dir = os.path.join(args.workdir, "model")
-    if not os.path.isdir(model_dir):
-      raise UsageError(f"{model_dir} not found: train first (python -m jaxris.train --config ... --workdir {args.workdir})")
+    model_dir = _text_model_dir(args)
     predict, threshold = text_predictor(model_dir), read_recipe(model_dir)["threshold"]
     return (lambda images: [_text_answer(args, predict(images[0], args.text)[None], threshold)]), 1
   if weights_family(args.weights) == evf_sam.FAMILY:
