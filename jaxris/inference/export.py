@@ -16,6 +16,7 @@ import shutil
 import jax
 import numpy as np
 
+from jaxris.build import fixed_length
 from jaxris.text.bert_tokenizer import BertTokenizer
 from jaxris.weights import dit as dit_weights
 from jaxris.weights import evf_sam, store
@@ -77,5 +78,4 @@ def load_trained(model_dir: str):
     model, tokenizer = evf_sam.load(model_dir)
   else:
     model, tokenizer = dit_weights.load(model_dir), BertTokenizer.from_pretrained_dir(model_dir)
-  tokenizer.max_length, tokenizer.pad_to_max_length = recipe["max_tokens"], True
-  return model, tokenizer
+  return model, fixed_length(tokenizer, recipe["max_tokens"])
