@@ -456,20 +456,30 @@ class CLIPModel(nnx.Module):
                       image_embeds=image_embeds, text_model_output=text, vision_model_output=vision)
 
 
+def _abstract_tower(cls, config, dtype=None):
+  tower = nnx.eval_shape(lambda: cls(dataclasses.replace(config, num_hidden_layers=0), rngs=nnx.Rngs(0), dtype=dtype))
+  layer = nnx.eval_shape(lambda: _EncoderLayer(config, rngs=nnx.Rngs(0), dtype=dtype))
+  tower.encoder.layers = nnx.List([nnx.clone(layer) for _ in range(config.num_hidden_layers)])
+  tower.config = config
+  return tower
+
+
 def abstract_model(config: CLIPConfig, dtype=None) -> CLIPModel:
   """``nnx.eval_shape(lambda: CLIPModel(config, ...))`` in about a second, whatever the depth.
 
   One eval_shape trace of a deep model is quadratic in flax 0.12 (see
-  jaxris.models.beit3.abstract_model): the towers are traced without blocks, one block of each
-  is traced and copied. Converters use this for parameter shapes and to build a model without a
-  random init.
+  jaxris.models.beit3.abstract_model): each tower is traced without blocks, one block is traced
+  and copied. Converters use this for parameter shapes and to build a model without a random init.
   """
   shallow = dataclasses.replace(config, vision=dataclasses.replace(config.vision, num_hidden_layers=0),
                                 text=dataclasses.replace(config.text, num_hidden_layers=0))
   model = nnx.eval_shape(lambda: CLIPModel(shallow, rngs=nnx.Rngs(0), dtype=dtype))
-  for tower, cfg in ((model.vision_model, config.vision), (model.text_model, config.text)):
-    layer = nnx.eval_shape(lambda cfg=cfg: _EncoderLayer(cfg, rngs=nnx.Rngs(0), dtype=dtype))
-    tower.encoder.layers = nnx.List([nnx.clone(layer) for _ in range(cfg.num_hidden_layers)])
-    tower.config = cfg
+  model.vision_model = _abstract_tower(CLIPVisionModel, config.vision, dtype)
+  model.text_model = _abstract_tower(CLIPTextModel, config.text, dtype)
   model.config = config
   return model
+
+
+def abstract_vision_model(config: CLIPVisionConfig, dtype=None) -> CLIPVisionModel:
+  """The vision tower alone, abstract (see ``abstract_model``): what the bridge runs."""
+  return _abstract_tower(CLIPVisionModel, config, dtype)
