@@ -12,7 +12,7 @@ import transformers
 from flax import nnx
 from parity import assert_close
 
-from jaxris.models.clip import (PRESETS, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, abstract_model,
+from jaxris.models.clip import (PRESETS, CLIPConfig, CLIPTextConfig, CLIPVisionConfig, abstract_model,
                                abstract_vision_model)
 from jaxris.weights import clip as clip_weights
 from jaxris.weights import store
