@@ -197,7 +197,9 @@ def read_openai(path: str | os.PathLike) -> reader.StateDict:
   import torch  # only reading .pt files needs PyTorch
 
   try:
-    module = torch.jit.load(path, map_location="cpu")
+    with warnings.catch_warnings():  # torch 2.10+ deprecates TorchScript; OpenAI's files are TorchScript
+      warnings.simplefilter("ignore", FutureWarning)
+      module = torch.jit.load(path, map_location="cpu")
   except Exception as e:  # a corrupt archive: name it rather than show a TorchScript traceback
     raise reader.ReadError(f"cannot read {path} with torch.jit.load: {type(e).__name__}: "
                            f"{(str(e).strip().splitlines() or [''])[0]}") from None
