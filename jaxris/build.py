@@ -10,6 +10,9 @@ EVF ``init`` keys: evf (a converted EVF-SAM directory: every parameter and the t
 fine-tune a release), sam, beit3 (converted BEiT-3), tokenizer (BEiT-3's sentencepiece model, or
 "minilm": MiniLM's WordPiece vocabulary for the CPU-sized recipe whose small BEiT-3 learns its text
 table from scratch). The EVF projector always starts random, as in the official training.
+Both: sam_decoder (a converted SAM whose prompt encoder and mask decoder, and only those, are loaded:
+the CPU-sized recipes' image encoder is too small for any checkpoint, their decoder is SAM's), or
+"mobile_sam": the official MobileSAM checkpoint, fetched and converted once into the jaxris cache.
 
 Every model class names the batch fields its ``__call__`` takes, in order, as ``BATCH_INPUTS``.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 
 from flax import nnx
 
@@ -32,6 +36,7 @@ from jaxris.weights import beit3 as beit3_weights
 from jaxris.weights import bert as bert_weights
 from jaxris.weights import dit as dit_weights
 from jaxris.weights import evf_sam as evf_weights
+from jaxris.weights import fetch
 from jaxris.weights import sam as sam_weights
 from jaxris.weights import store
 
@@ -56,6 +61,25 @@ def text_encoder_dir(spec: str) -> str:
   return str(bert_weights.minilm_dir()) if spec == "minilm" else spec
 
 
+def sam_decoder_dir(spec: str, cache: str | None = None) -> str:
+  """A fetchable checkpoint's name (fetch.SOURCES: "mobile_sam") -> its converted directory in the
+  jaxris cache, fetched and converted on first use; anything else is a directory path."""
+  if spec not in fetch.SOURCES:
+    return spec
+  cache = cache or fetch.default_cache()
+  out = os.path.join(cache, "converted", spec)
+  if not os.path.exists(os.path.join(out, store.CONFIG_FILE)):
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(out), prefix=f".{spec}-") as tmp:
+      fetch.fetch(spec, os.path.join(tmp, spec), cache)
+      try:  # a complete directory or none: concurrent first uses (test workers) each convert, one wins
+        os.rename(os.path.join(tmp, spec), out)
+      except OSError:
+        if not os.path.exists(os.path.join(out, store.CONFIG_FILE)):
+          raise
+  return out
+
+
 # --- Start-up checks.
 
 _HOW_TO_GET = {  # (family, init key) -> (what it is, how to get it)
@@ -75,6 +99,10 @@ _HOW_TO_GET = {  # (family, init key) -> (what it is, how to get it)
     ("evf", "tokenizer"): ("BEiT-3's sentencepiece model", "download beit3.spm (microsoft/unilm beit3 README; "
                            "the same file is sentencepiece.bpe.model in the EVF-SAM checkpoints) to {path}"),
 }
+_SAM_DECODER = ("SAM prompt encoder and mask decoder weights", "run python -m jaxris.weights.fetch mobile_sam --out "
+                "{path} (the official MobileSAM, whose decoder is SAM's; or convert any SAM checkpoint with "
+                "python -m jaxris.convert.sam), or set --config.init.sam_decoder= to start them from random")
+_HOW_TO_GET.update({("dit", "sam_decoder"): _SAM_DECODER, ("evf", "sam_decoder"): _SAM_DECODER})
 
 
 def check_init_paths(model_cfg, init_cfg) -> None:
@@ -87,9 +115,15 @@ def check_init_paths(model_cfg, init_cfg) -> None:
     path = init_cfg[key]
     if key == "bert":
       path = text_encoder_dir(path)
+    if key == "sam_decoder" and path in fetch.SOURCES:
+      try:
+        path = sam_decoder_dir(path)  # seconds: a download of ~40 MB the first time, then the cache
+      except fetch.FetchError as e:
+        raise FileNotFoundError(f"could not fetch {path!r} for init.sam_decoder: {e}\n"
+                                f"{_SAM_DECODER[1].format(path='weights/' + path)}") from None
     if not path or path == "minilm":
       continue
-    marker = os.path.join(path, store.CONFIG_FILE) if key in ("sam", "beit3", "evf") else path
+    marker = os.path.join(path, store.CONFIG_FILE) if key in ("sam", "sam_decoder", "beit3", "evf") else path
     if not os.path.exists(marker):
       what, how = _HOW_TO_GET[(fam, key)]
       raise FileNotFoundError(f"{what} not found at {path}: {how.format(path=path)}")
@@ -138,6 +172,7 @@ def _build_dit(model_cfg, init_cfg, seed):
   if init_cfg.sam:
     _, sam_params = store.load(init_cfg.sam, sam_weights.FAMILY)
     updates.update({k.replace("image_encoder.", "visual_encoder.", 1): v for k, v in sam_params.items()})
+  updates.update(sam_decoder_params(init_cfg.sam_decoder))
   load_pretrained(model, updates)
   return model, cfg, tokenizer
 
@@ -158,6 +193,7 @@ def _build_evf(model_cfg, init_cfg, seed):
   if init_cfg.sam:
     _, sam_params = store.load(init_cfg.sam, sam_weights.FAMILY)
     updates.update({f"visual_model.{k}": v for k, v in sam_params.items()})
+  updates.update({f"visual_model.{k}": v for k, v in sam_decoder_params(init_cfg.sam_decoder).items()})
   if init_cfg.beit3:
     _, beit3_params = store.load(init_cfg.beit3, beit3_weights.FAMILY)
     updates.update({f"mm_extractor.beit3.{k}": v for k, v in beit3_params.items()
@@ -168,6 +204,14 @@ def _build_evf(model_cfg, init_cfg, seed):
 
 
 _BUILDERS = {"dit": _build_dit, "evf": _build_evf}
+
+
+def sam_decoder_params(spec: str) -> dict:
+  """The prompt encoder's and mask decoder's weights of the converted SAM `spec` names ({} for "")."""
+  if not spec:
+    return {}
+  _, params = store.load(sam_decoder_dir(spec), sam_weights.FAMILY)
+  return {k: v for k, v in params.items() if k.startswith(("prompt_encoder.", "mask_decoder."))}
 
 
 def fixed_length(tokenizer, max_tokens: int):

@@ -50,14 +50,21 @@ def refshapes_data() -> mlc.ConfigDict:
   ))
 
 
+# The trained SAM decoder every CPU-sized recipe starts from: the official MobileSAM checkpoint, whose
+# prompt encoder and mask decoder are SAM's (jaxris.build fetches and converts it once into the cache).
+REAL_SAM_DECODER = "mobile_sam"
+
+
 def cpu_sam(model: mlc.ConfigDict) -> None:
   """The CPU-sized SAM of the RefShapes recipes: a 4-block, 128-wide ViT with 8 px patches on 128 px
-  (a 16x16 grid), 128-wide prompts; random init, since no SAM checkpoint exists at this size."""
+  (a 16x16 grid) and its neck, random init since no SAM image encoder is this small, then SAM's own
+  prompt encoder and mask decoder (256 wide, MLP 2048): `init.sam_decoder` starts them from a real,
+  trained SAM decoder, as the papers always do."""
   model.sam_variant = "vit_b"
   model.sam_overrides = dict(img_size=128, patch_size=8, embed_dim=128, depth=4, num_heads=4,
                              global_attn_indexes=(1, 3), window_size=8)
-  model.prompt_embed_dim = 128
-  model.decoder_mlp_dim = 512
+  model.prompt_embed_dim = 256
+  model.decoder_mlp_dim = 2048
 
 
 def dit_model(scheme: str, sam_variant: str, extra_decoder_layers: int = 0) -> mlc.ConfigDict:
@@ -83,6 +90,7 @@ def dit_init(sam_variant: str) -> mlc.ConfigDict:
   return mlc.ConfigDict(dict(
       sam=f"weights/sam_{sam_variant}",    # python -m jaxris.convert.sam --src sam_<variant>_*.pth --out ...
       bert="weights/bert-base-uncased",    # python -m jaxris.convert.bert --src <HF bert-base-uncased dir> --out ...
+      sam_decoder="",                      # a converted SAM whose prompt encoder + mask decoder replace sam's
   ))
 
 
@@ -120,12 +128,14 @@ def refshapes_run_settings(c: mlc.ConfigDict) -> None:
 
 
 def dit_on_refshapes(c: mlc.ConfigDict, freeze: str = "", steps: int = 0) -> None:
-  """A DIT-SAM recipe's CPU-sized variant on the built-in RefShapes data, trained from scratch in
-  minutes: the small SAM of `cpu_sam` (random init) and the real all-MiniLM-L6-v2, frozen, as text encoder."""
+  """A DIT-SAM recipe's CPU-sized variant on the built-in RefShapes data, trained in minutes: the small
+  SAM of `cpu_sam` (random image encoder, MobileSAM's trained decoder) and the real all-MiniLM-L6-v2,
+  frozen, as text encoder."""
   cpu_sam(c.model)
   c.model.bert_layer = -1       # MiniLM's last layer carries its sentence semantics
   c.model.bert_dropout = 0.0    # the text encoder is frozen: dropout there would only add noise
   c.init.sam = ""
+  c.init.sam_decoder = REAL_SAM_DECODER
   c.init.bert = "minilm"
   c.data = refshapes_data()
   c.batch_size = 16

@@ -47,6 +47,7 @@ def get_config(arg=None):
       beit3="weights/beit3_large",  # python -m jaxris.convert.beit3 --src beit3_large_patch16_224.pth --out ...
       tokenizer="weights/beit3.spm",  # BEiT-3's sentencepiece model (unilm beit3 README)
       evf="",                       # a converted EVF-SAM directory: start from released weights instead
+      sam_decoder="",               # a converted SAM whose prompt encoder + mask decoder replace sam's
   ))
   # Data: SAM's 1024 px view (longest side, padded) plus BEiT-3's 224 px square view.
   c.data = common.refcoco_data(a.dataset, preprocess="evf", image_size=1024, evf_size=224)
@@ -73,15 +74,17 @@ def get_config(arg=None):
   c.eval_every = 1000
 
   if a.refshapes:
-    # CPU-sized variant on RefShapes: the small SAM of common.cpu_sam and a 4-block BEiT-3 of width 128,
-    # both random (no pretrained BEiT-3 is this small), with MiniLM's WordPiece vocabulary whose text
-    # table is learnt from scratch. Nothing is frozen unless freeze= is given.
+    # CPU-sized variant on RefShapes: the small SAM of common.cpu_sam (random image encoder, MobileSAM's
+    # trained prompt encoder and mask decoder) and a 4-block BEiT-3 of width 128, random (no pretrained
+    # BEiT-3 is this small), with MiniLM's WordPiece vocabulary whose text table is learnt from scratch.
+    # Nothing is frozen unless freeze= is given.
     common.cpu_sam(c.model)
     c.model.beit3 = "base"
     c.model.beit3_overrides = dict(encoder_embed_dim=128, encoder_attention_heads=4, encoder_ffn_embed_dim=512,
                                    encoder_layers=4, img_size=64, patch_size=8, max_source_positions=64)
     c.model.max_tokens = 20
     c.init.sam = ""
+    c.init.sam_decoder = common.REAL_SAM_DECODER
     c.init.beit3 = ""
     c.init.tokenizer = "minilm"
     c.data = common.refshapes_data()
