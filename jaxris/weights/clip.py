@@ -48,8 +48,10 @@ _LAYER = _TOWER + r"\.encoder\.layers\.(\d+)\."
 _NORM = r"(text_model\.final_layer_norm|vision_model\.pre_layrnorm|vision_model\.post_layernorm)"
 
 RULES = [
-    Rule(r"text_model\.embeddings\.(token|position)_embedding\.weight", r"text_model.embeddings.\1_embedding.embedding"),
-    Rule(r"vision_model\.embeddings\.position_embedding\.weight", "vision_model.embeddings.position_embedding.embedding"),
+    Rule(r"text_model\.embeddings\.(token|position)_embedding\.weight",
+         r"text_model.embeddings.\1_embedding.embedding"),
+    Rule(r"vision_model\.embeddings\.position_embedding\.weight",
+         "vision_model.embeddings.position_embedding.embedding"),
     Rule(r"vision_model\.embeddings\.class_embedding", "vision_model.embeddings.class_embedding"),
     Rule(r"vision_model\.embeddings\.patch_embedding\.weight", "vision_model.embeddings.patch_embedding.kernel",
          conv_kernel),
@@ -85,7 +87,8 @@ def _transpose(x: np.ndarray) -> np.ndarray:
 # OpenAI key (regex, matched in full) -> [(Hugging Face key template, transform)]. A block's
 # in_proj holds q, k and v stacked on the output axis (nn.MultiheadAttention's order).
 _BLOCK_PARTS = [
-    (r"attn\.in_proj_weight", [(r"self_attn.q_proj.weight", _split_rows(0)), (r"self_attn.k_proj.weight", _split_rows(1)),
+    (r"attn\.in_proj_weight", [(r"self_attn.q_proj.weight", _split_rows(0)),
+                               (r"self_attn.k_proj.weight", _split_rows(1)),
                                (r"self_attn.v_proj.weight", _split_rows(2))]),
     (r"attn\.in_proj_bias", [(r"self_attn.q_proj.bias", _split_rows(0)), (r"self_attn.k_proj.bias", _split_rows(1)),
                              (r"self_attn.v_proj.bias", _split_rows(2))]),
@@ -107,7 +110,8 @@ OPENAI_RULES: list[tuple[str, list[tuple[str, Callable]]]] = [
     (r"ln_final\.(weight|bias)", [(r"text_model.final_layer_norm.\1", identity)]),
     (r"text_projection", [("text_projection.weight", _transpose)]),
     (r"logit_scale", [("logit_scale", identity)]),
-] + [(rf"visual\.transformer\.resblocks\.(\d+)\.{part}", [(rf"vision_model.encoder.layers.\1.{t}", f) for t, f in targets])
+] + [(rf"visual\.transformer\.resblocks\.(\d+)\.{part}",
+      [(rf"vision_model.encoder.layers.\1.{t}", f) for t, f in targets])
      for part, targets in _BLOCK_PARTS] + [
     (rf"transformer\.resblocks\.(\d+)\.{part}", [(rf"text_model.encoder.layers.\1.{t}", f) for t, f in targets])
     for part, targets in _BLOCK_PARTS]
