@@ -153,11 +153,13 @@ def linear_sum_assignment(cost, valid=None):
   The shortest augmenting path algorithm of scipy.optimize.linear_sum_assignment (Crouse 2016),
   one row at a time, with lax loops (jit/vmap-able). Rows with ``valid`` False are left
   unassigned and do not constrain the others. Returns col4row [R] int32 (-1 where not valid).
+  Non-finite costs are replaced by +-1e9 and both loops are bounded, so a NaN loss cannot hang
+  the step (it yields some assignment, and the non-finite loss is caught downstream).
   """
   r, c = cost.shape
   if r > c:
     raise ValueError(f"linear_sum_assignment needs rows <= columns, got {cost.shape}")
-  cost = cost.astype(jnp.float32)
+  cost = jnp.nan_to_num(cost.astype(jnp.float32), nan=1e9, posinf=1e9, neginf=-1e9)
   valid = jnp.ones((r,), bool) if valid is None else valid
   inf = jnp.float32(jnp.inf)
 
@@ -165,7 +167,7 @@ def linear_sum_assignment(cost, valid=None):
     u, v, col4row, row4col = state
 
     def search(s):
-      i, min_val, sink, shortest, path, sr, sc = s
+      i, min_val, sink, shortest, path, sr, sc, it = s
       sr = sr.at[i].set(True)
       red = min_val + cost[i] - u[i] - v
       better = ~sc & (red < shortest)
@@ -178,11 +180,12 @@ def linear_sum_assignment(cost, valid=None):
       j = jnp.where(((key == lowest) & (row4col == -1)).any(), j, jnp.argmin(key))
       sc = sc.at[j].set(True)
       free = row4col[j] == -1
-      return (jnp.where(free, i, row4col[j]), lowest, jnp.where(free, j, -1), shortest, path, sr, sc)
+      sink = jnp.where(free | (it >= r), j, -1)  # every step but the last visits an assigned column
+      return (jnp.where(free, i, row4col[j]), lowest, sink, shortest, path, sr, sc, it + 1)
 
     init = (cur, jnp.float32(0), jnp.int32(-1), jnp.full((c,), inf), jnp.full((c,), -1, jnp.int32),
-            jnp.zeros((r,), bool), jnp.zeros((c,), bool))
-    _, min_val, sink, shortest, path, sr, sc = jax.lax.while_loop(lambda s: s[2] < 0, search, init)
+            jnp.zeros((r,), bool), jnp.zeros((c,), bool), jnp.int32(0))
+    _, min_val, sink, shortest, path, sr, sc, _ = jax.lax.while_loop(lambda s: s[2] < 0, search, init)
     # dual update
     assigned_short = shortest[jnp.clip(col4row, 0, c - 1)]
     u = jnp.where(sr & (jnp.arange(r) != cur), u + min_val - assigned_short, u)
@@ -191,14 +194,15 @@ def linear_sum_assignment(cost, valid=None):
 
     # augment along the path back to the new row
     def step(s):
-      j, _, col4row, row4col = s
-      i = path[j]
+      j, _, col4row, row4col, it = s
+      i = jnp.where(it >= r, cur, path[j])  # a path has at most R steps
       row4col = row4col.at[j].set(i)
       prev = col4row[i]
       col4row = col4row.at[i].set(j)
-      return prev, i, col4row, row4col
+      return prev, i, col4row, row4col, it + 1
 
-    _, _, col4row, row4col = jax.lax.while_loop(lambda s: s[1] != cur, step, (sink, jnp.int32(-1), col4row, row4col))
+    _, _, col4row, row4col, _ = jax.lax.while_loop(lambda s: s[1] != cur, step,
+                                                   (sink, jnp.int32(-1), col4row, row4col, jnp.int32(0)))
     return u, v, col4row, row4col
 
   def body(cur, state):

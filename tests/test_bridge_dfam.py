@@ -6,6 +6,8 @@ comparison does not hinge on logits that round to either side of sigmoid = 0.5; 
 derivation itself is compared separately on logits kept away from 0.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,9 @@ import bridge_reference_dfam as ref_lib
 from jaxris.models.functional import assign_params
 from jaxris.models.ris.bridge.dfam import Dfam, attention_mask
 from parity import assert_close
+
+# XLA's backend optimisation costs more than it saves on programs this small and run once.
+fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 SMALL = dict(hidden=64, queries=12, heads=4, ffn=128, layers=3, clip_dim=48, bert_dim=32)
 CLIP_SIZES, SAM_SIZES, E_SIZE, B, K_TEXT = (3, 6, 12), (4, 8, 16), 16, 2, 5
@@ -84,13 +89,18 @@ def _jax_inputs(inputs):
               sot_vec=jnp.asarray(inputs["sot"].numpy()), class_text=jnp.asarray(inputs["class_text"].numpy()))
 
 
+def _run(model, kw, attn_masks):
+  graphdef, state = nnx.split(model)
+  return fast_jit(lambda state, kw, am: nnx.merge(graphdef, state)(**kw, attn_masks=am))(state, kw, attn_masks)
+
+
 def test_dfam_parity_fixed_masks(setup):
   ref, model, inputs, masks = setup
   with torch.no_grad():
     expected = ref(inputs["clip_feats"], inputs["sam_feats"], inputs["e"], inputs["bert_cls"], inputs["sot"],
                    inputs["class_text"], attn_masks=masks)
   jmasks = [tuple(jnp.asarray(m.numpy()) for m in pair) for pair in masks]
-  out = nnx.jit(lambda m, kw, am: m(**kw, attn_masks=am))(model, _jax_inputs(inputs), jmasks)
+  out = _run(model, _jax_inputs(inputs), jmasks)
   b, q = B, SMALL["queries"]
   assert out["pred_masks"].shape == (b, q, E_SIZE, E_SIZE)
   assert out["pred_logits"].shape == (b, q, b + K_TEXT) and out["pred_logits_bertcls"].shape == (b, q, b)
@@ -124,7 +134,7 @@ def test_dfam_derived_masks_close(setup):
   with torch.no_grad():
     expected = ref(inputs["clip_feats"], inputs["sam_feats"], inputs["e"], inputs["bert_cls"], inputs["sot"],
                    inputs["class_text"])
-  out = nnx.jit(lambda m, kw: m(**kw))(model, _jax_inputs(inputs))
+  out = _run(model, _jax_inputs(inputs), None)
   assert_close(out["pred_masks"], expected["pred_masks"], what="pred_masks")
   assert_close(out["pred_logits"], expected["pred_logits"], what="pred_logits")
 
@@ -137,7 +147,7 @@ def test_gradients_flow_and_streams_separate(setup):
   jmasks = [tuple(jnp.asarray(m.numpy()) for m in pair) for pair in masks]
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-  @jax.jit
+  @fast_jit
   def grads(params):
     def f(params):
       out = nnx.merge(graphdef, params, rest)(**kw, attn_masks=jmasks)

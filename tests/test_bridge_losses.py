@@ -6,6 +6,8 @@ Small sizes: 3 samples with 2, 1 and 0 GT instances (the last is a gRefCOCO no-t
 8 queries, 16² mask predictions against 32² GT masks, 64 points.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,8 @@ from parity import assert_close
 B, Q, K, H_PRED, H_GT, C_TEXT, P = 3, 8, 2, 16, 32, 5, 64
 COUNTS = (2, 1, 0)  # GT instances per sample
 W = L.LossWeights(num_points=P)
+# XLA's backend optimisation costs more than it saves on programs this small and run once.
+fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _blob(rng, h):
@@ -67,20 +71,21 @@ def _jnp(tree):
 
 def test_sam_mask_loss(data):
   outputs, targets, *_ = data
-  got = L.sam_mask_loss(jnp.asarray(outputs["sam_logits"]), jnp.asarray(targets["mask"]), jnp.asarray(targets["empty"]))
+  loss = fast_jit(L.sam_mask_loss)
+  got = loss(jnp.asarray(outputs["sam_logits"]), jnp.asarray(targets["mask"]), jnp.asarray(targets["empty"]))
   want = ref_lib.sam_mask_loss(torch.from_numpy(outputs["sam_logits"]), torch.from_numpy(targets["mask"]),
                                list(targets["empty"]))
   for g, w in zip(got, want):
     assert_close(g, w, what="main loss")
   # the empty sample adds nothing but counts in the mean
-  alone = L.sam_mask_loss(jnp.asarray(outputs["sam_logits"][:2]), jnp.asarray(targets["mask"][:2]), jnp.zeros(2, bool))
+  alone = loss(jnp.asarray(outputs["sam_logits"][:2]), jnp.asarray(targets["mask"][:2]), jnp.zeros(2, bool))
   assert_close(got[0] * 3 / 2, alone[0], what="denominator")
 
 
 def test_lsap_equals_scipy_inside_jit():
   rng = np.random.default_rng(1)
-  solve = jax.jit(jax.vmap(L.linear_sum_assignment))
-  for r, c in ((1, 9), (4, 4), (6, 100), (3, 17)):
+  solve = fast_jit(jax.vmap(L.linear_sum_assignment))
+  for r, c in ((4, 4), (6, 100)):
     cost = rng.normal(size=(8, r, c)).astype(np.float32)
     valid = rng.random((8, r)) < 0.7
     got = np.asarray(solve(cost, valid))
@@ -93,6 +98,12 @@ def test_lsap_equals_scipy_inside_jit():
       np.testing.assert_array_equal(got[b], want)
       if rows.size:  # and the optimum's value
         assert np.isclose(cost[b][rows, got[b][rows]].sum(), cost[b][rows][i, j].sum())
+  # non-finite costs (a NaN loss) still terminate with an assignment of distinct columns
+  bad = rng.normal(size=(8, 4, 4)).astype(np.float32)
+  bad[0, 1, 2], bad[1] = np.nan, np.nan
+  bad[2, :, 0] = np.inf
+  got = np.asarray(solve(bad, np.ones((8, 4), bool)))
+  assert all(len(set(row)) == 4 and row.min() >= 0 for row in got)
 
 
 def test_matching_equals_reference(data):
@@ -101,7 +112,7 @@ def test_matching_equals_reference(data):
   sets = [outputs] + outputs["aux_outputs"]
   tsets = [_torch_outputs(outputs)] + _torch_outputs(outputs)["aux_outputs"]
 
-  @jax.jit
+  @fast_jit
   def both(pred, masks, valid, coords):
     cost = L.matching_cost(pred, masks, coords, W)
     return cost, L.hungarian_match(cost, valid, "jax"), L.hungarian_match(cost, valid, "scipy")
@@ -120,12 +131,12 @@ def test_importance_points_equal_reference():
   logits = rng.normal(0, 3, (5, H_PRED, H_PRED)).astype(np.float32)
   cand = rng.random((5, 3 * P, 2)).astype(np.float32)
   extra = rng.random((5, P // 4, 2)).astype(np.float32)
-  got = np.asarray(jax.jit(L.uncertain_points, static_argnums=3)(logits, cand, extra, 3 * P // 4))
+  got = np.asarray(fast_jit(L.uncertain_points, static_argnums=3)(logits, cand, extra, 3 * P // 4))
   want = ref_lib.uncertain_points(torch.from_numpy(logits)[:, None], torch.from_numpy(cand),
                                   torch.from_numpy(extra), 3 * P // 4).numpy()
   np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
   # from a key: shapes, range, and three quarters of the points where |logit| is smallest
-  pts = L.importance_points(jax.random.key(0), jnp.asarray(logits), P, 3.0, 0.75)
+  pts = fast_jit(L.importance_points, static_argnums=(2, 3, 4))(jax.random.key(0), jnp.asarray(logits), P, 3.0, 0.75)
   assert pts.shape == (5, P, 2) and bool(((pts >= 0) & (pts <= 1)).all())
 
 
@@ -141,14 +152,16 @@ def test_set_terms_equal_reference(data, weight_mask):
   if weight_mask:
     tg["same_category"] = L.same_category(jnp.asarray(labels))
     w = L.LossWeights(num_points=P, same_category_mask=True)
-  got, m = L.set_loss(pred, tg, jax.random.key(0), w, match=jnp.asarray(match), loss_coords=jnp.asarray(loss_coords[0]))
+  terms = fast_jit(lambda pred, tg, w, m, lc: L.set_loss(pred, tg, jax.random.key(0), w, match=m, loss_coords=lc)[0],
+                   static_argnums=2)
+  got = terms(pred, tg, w, jnp.asarray(match), jnp.asarray(loss_coords[0]))
   want = ref_lib.set_losses(_torch_outputs(outputs), ref_targets, indices, torch.from_numpy(loss_coords[0]),
                             num_masks=3, labels=labels if weight_mask else None)
   assert set(got) == set(want)
   for k in want:
     assert_close(got[k], want[k], what=k)
   if weight_mask:  # the mask changes the BERT term
-    plain, _ = L.set_loss(pred, tg, jax.random.key(0), W, match=jnp.asarray(match), loss_coords=jnp.asarray(loss_coords[0]))
+    plain = terms(pred, tg, W, jnp.asarray(match), jnp.asarray(loss_coords[0]))
     assert abs(float(plain["loss_ce_bertcls"]) - float(got["loss_ce_bertcls"])) > 1e-6
 
 
@@ -159,11 +172,17 @@ def test_no_target_loss(data):
   assert_close(got, want, what="nt")
 
 
-def test_total_equals_reference(data):
-  """Every term and the total, matchings found by both sides on the same injected points."""
+def test_total_equals_reference_and_gradients(data):
+  """Every term and the total, matchings found by both sides on the same injected points;
+  gradients finite, and none reaches the no-target sample's mask predictions."""
   outputs, targets, match_coords, loss_coords, _, ref_targets = data
-  total, terms = jax.jit(lambda o, t, mc, lc: L.bridge_loss(o, t, jax.random.key(0), W, match_coords=mc, loss_coords=lc))(
-      _jnp(outputs), _jnp(targets), _jnp(match_coords), _jnp(loss_coords))
+
+  @fast_jit
+  def run(o, t, mc, lc):
+    f = lambda o: L.bridge_loss(o, t, jax.random.key(0), W, match_coords=mc, loss_coords=lc)
+    return jax.value_and_grad(f, has_aux=True)(o)
+
+  (total, terms), grads = run(_jnp(outputs), _jnp(targets), _jnp(match_coords), _jnp(loss_coords))
   want_total, want_terms, _ = ref_lib.total_loss(
       _torch_outputs(outputs), torch.from_numpy(outputs["sam_logits"]), torch.from_numpy(targets["mask"]), ref_targets,
       [torch.from_numpy(c) for c in match_coords], [torch.from_numpy(c) for c in loss_coords])
@@ -171,29 +190,28 @@ def test_total_equals_reference(data):
   for k in want_terms:
     assert_close(terms[k], want_terms[k], what=k)
   assert_close(total, want_total, what="total")
-
-
-def test_random_points_gradients_and_all_empty(data):
-  """The key path (random points, JAX matcher) is deterministic per key, has finite non-zero
-  gradients, and a batch with no target at all gives finite losses with zero mask terms."""
-  outputs, targets, *_ = data
-  o, t = _jnp(outputs), _jnp(targets)
-  w = L.LossWeights(num_points=P)
-
-  @jax.jit
-  def run(o, t, key):
-    return jax.value_and_grad(lambda o: L.bridge_loss(o, t, key, w), has_aux=True)(o)
-
-  (total, terms), grads = run(o, t, jax.random.key(1))
-  (total2, _), _ = run(o, t, jax.random.key(1))
-  assert float(total) == float(total2) and np.isfinite(float(total))
-  leaves = jax.tree.leaves(grads)
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
   assert float(jnp.abs(grads["pred_masks"]).max()) > 0 and float(jnp.abs(grads["sam_logits"]).max()) > 0
   assert float(jnp.abs(grads["pred_masks"][2]).max()) == 0  # the no-target sample has no matched mask
+  assert float(jnp.abs(grads["sam_logits"][2]).max()) == 0   # nor a main-loss term
 
+
+def test_random_points_and_all_empty(data):
+  """The key path (random matching and importance-sampled points, JAX matcher; one prediction set
+  to keep it small) is deterministic per key, and a batch with no target at all gives finite
+  losses with zero mask terms."""
+  outputs, targets, *_ = data
+  o = _jnp({k: v for k, v in outputs.items() if k != "aux_outputs"})
+  t = _jnp(targets)
+  run = fast_jit(lambda o, t, key: L.bridge_loss(o, t, key, W))
+  total, terms = run(o, t, jax.random.key(1))
+  total2, _ = run(o, t, jax.random.key(1))
+  total3, _ = run(o, t, jax.random.key(2))
+  assert float(total) == float(total2) != float(total3) and np.isfinite(float(total))
+  assert set(terms) == {"main_mask_bce_loss", "main_mask_dice_loss", "loss_mask", "loss_dice", "loss_ce",
+                        "loss_ce_bertcls", "nt_loss"}
   none = {**t, "instance_valid": jnp.zeros((B, K), bool), "empty": jnp.ones(B, bool)}
-  (total, terms), grads = run(o, none, jax.random.key(2))
-  assert np.isfinite(float(total)) and all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
-  for k in ("main_mask_bce_loss", "main_mask_dice_loss", "loss_mask", "loss_dice", "loss_mask_2"):
+  total, terms = run(o, none, jax.random.key(2))
+  assert all(np.isfinite(float(v)) for v in terms.values())
+  for k in ("main_mask_bce_loss", "main_mask_dice_loss", "loss_mask", "loss_dice"):
     assert float(terms[k]) == 0.0, k

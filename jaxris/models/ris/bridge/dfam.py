@@ -234,9 +234,9 @@ class Dfam(nnx.Module):
     level = self.level_embed.weight[...]
 
     def memory(feats):
-      src = [f.reshape(b, -1, f.shape[-1]) + level[i] for i, f in enumerate(feats)]
-      pos = [jnp.asarray(sine_position_encoding(*f.shape[1:3], num_feats=self.hidden_dim // 2)).reshape(1, -1, self.hidden_dim)
-             for f in feats]
+      src = [f.reshape(b, -1, f.shape[-1]) + level[i].astype(f.dtype) for i, f in enumerate(feats)]
+      pos = [jnp.asarray(sine_position_encoding(*f.shape[1:3], num_feats=self.hidden_dim // 2), f.dtype)
+             .reshape(1, -1, self.hidden_dim) for f in feats]
       return src, pos, [f.shape[1:3] for f in feats]
 
     src_c, pos_c, size_c = memory(clip_feats)
