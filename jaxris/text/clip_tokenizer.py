@@ -7,7 +7,9 @@ in the cache), or a Hugging Face directory's ``vocab.json`` + ``merges.txt``. Th
 of transformers' ``CLIPTokenizer`` (the tokenizers-library one; transformers has no other since
 5.0) built from the same vocabulary, which differs from OpenAI's Python tokenizer only on text
 that needs ftfy's repairs or holds HTML entities (OpenAI unescapes ``&amp;``, transformers does
-not), never on plain text. Step by step, as transformers does it:
+not), never on plain text. One known difference from transformers: characters newer than Python's
+Unicode database (3.11: Unicode 14) are classed and lower-cased by Python's tables, not by the
+tokenizers library's newer ones. Step by step, as transformers does it:
 
 1. the special tokens ``<|startoftext|>`` / ``<|endoftext|>``, written literally in the text, are
    kept as their ids (49406 / 49407) and the text between them is handled on its own;
