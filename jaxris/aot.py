@@ -174,6 +174,14 @@ class _Memory:  # memory_analysis()'s fields, rebuilt when the compiler refuses 
   alias_size_in_bytes: int
 
 
+def lower_for_tpu(step, *args):
+  """`step` lowered as it runs on a TPU: this host's backend is the CPU, so the attention path
+  that jaxris.ops.attention would pick here (the CPU kernel) is overridden by the accelerator's."""
+  from jaxris.ops import attention
+  with attention.use("xla"):
+    return step.lower(*args)
+
+
 def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
   """Compiles `cfg`'s train step for `topology` and returns the report (see `format_table`)."""
   import jax
@@ -209,7 +217,7 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
   batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
            for k, (shape, dtype) in batch_shapes(cfg, model, micro_batch).items()}
   hbm, peak, bandwidth = CHIPS[gen]
-  lowered = trainer.step.lower(state, batch)
+  lowered = lower_for_tpu(trainer.step, state, batch)
   try:
     compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:

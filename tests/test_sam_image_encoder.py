@@ -107,8 +107,9 @@ def test_stepped_attention_matches_one_softmax(monkeypatch, grid, step_logits, n
   # formula, one softmax over the full logits plus the zero-padded decomposed bias.
   import jax
   from jaxris.models.sam import image_encoder as ie
+  from jaxris.ops import attention as attention_op
 
-  monkeypatch.setattr(ie, "_STEP_LOGITS", step_logits)
+  monkeypatch.setattr(attention_op, "_STEP_LOGITS", step_logits)
   heads, dim = 4, 32
   attn = ie.Attention(dim, heads, True, True, grid, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)

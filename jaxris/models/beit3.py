@@ -51,6 +51,7 @@ import numpy as np
 from flax import nnx
 
 from jaxris.models.layers import axes, conv, dense, embedding, layer_norm, shard_batch
+from jaxris.ops.attention import attention
 
 # torchscale's PositionalEmbedding numbers positions from 2, as fairseq does (0 and 1 were
 # fairseq's padding slots); the first two rows of both tables are never read.
@@ -176,10 +177,7 @@ class _SelfAttention(nnx.Module):
     q = heads(self.q_proj(x, n_vision) * head_dim**-0.5)
     k = heads(self.k_proj(x, n_vision))
     v = heads(self.v_proj(x, n_vision))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-    logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, d)
+    out = attention(q, k, v, scale=1.0, key_mask=key_mask).reshape(b, n, d)
     return self.out_proj(self.inner_attn_ln(out, n_vision), n_vision)
 
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxris.models.layers import dense, embedding, layer_norm, shard_batch
+from jaxris.ops.attention import attention
 
 
 def _tanh_gelu(x):
@@ -175,13 +176,10 @@ class _SelfAttention(nnx.Module):
     b, t, d = x.shape
     split = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)
     q, k, v = (split(linear(x).astype(x.dtype)) for linear in (self.query, self.key, self.value))
-    scale = (d // self.num_heads) ** -0.5
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-    # Padding keys get the most negative float, as transformers' extended attention mask does;
-    # a row with no valid key at all then attends uniformly instead of producing NaN.
-    logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    weights = _dropout(self.dropout, jax.nn.softmax(logits, axis=-1).astype(v.dtype), rngs)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
+    # Padding keys are left out as transformers' most-negative-float mask does (a row with no valid
+    # key attends uniformly); the weights' dropout is on only in training (a call with rngs).
+    dropout = None if rngs is None or not self.dropout.rate else (lambda w: _dropout(self.dropout, w, rngs))
+    out = attention(q, k, v, scale=(d // self.num_heads) ** -0.5, key_mask=key_mask, dropout=dropout)
     return out.reshape(b, t, d).astype(x.dtype)
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxris.models.layers import axes, dense
+from jaxris.ops.attention import attention
 
 ATT_DIM = 512    # MHAtt hidden size (official constant)
 ATT_HEADS = 8
@@ -65,10 +66,9 @@ class MHAtt(nnx.Module):
   def __call__(self, v, k, q, *, deterministic: bool, rngs=None):
     heads = lambda t: t.reshape(*t.shape[:2], ATT_HEADS, ATT_DIM // ATT_HEADS)
     v, k, q = heads(self.linear_v(v)), heads(self.linear_k(k)), heads(self.linear_q(q))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / (ATT_DIM // ATT_HEADS) ** 0.5
-    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    weights = self.dropout(weights, deterministic=deterministic, rngs=rngs)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    active = not deterministic and self.dropout.rate > 0
+    dropout = (lambda w: self.dropout(w, deterministic=False, rngs=rngs)) if active else None
+    out = attention(q, k, v, scale=(ATT_DIM // ATT_HEADS) ** -0.5, dropout=dropout)
     return self.linear_merge(out.reshape(*out.shape[:2], ATT_DIM))
 
 

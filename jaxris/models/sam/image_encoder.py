@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxris.models.layers import axes, conv, dense, shard_batch
 from jaxris.models.sam.common import MLPBlock, layer_norm
+from jaxris.ops.attention import RelPos, attention
 from jaxris.ops.resize import linear_matrix, resize_2d
 
 
@@ -67,7 +67,8 @@ def decomposed_rel_pos(q, rel_pos_h, rel_pos_w, q_hw, k_hw):
 
   Returns [B, heads, qh*qw, kh*kw], to be added to the attention logits. The official code
   uses the *unscaled* query here. ``Attention`` computes the same two terms without forming the
-  [qh*qw, kh*kw] bias (it is added per cache-sized step of the logits).
+  [qh*qw, kh*kw] bias (jaxris.ops.attention: added per cache-sized step of the logits on CPU,
+  folded into the q.k product on accelerators); this formula is the tests' reference.
   """
   (qh, qw), (kh, kw) = q_hw, k_hw
   r_h = rel_pos_table(qh, kh, rel_pos_h).astype(q.dtype)
@@ -77,18 +78,6 @@ def decomposed_rel_pos(q, rel_pos_h, rel_pos_w, q_hw, k_hw):
   bias = rel_h[..., :, None] + rel_w[..., None, :]
   b, n = q.shape[0], q.shape[3]
   return bias.reshape(b, n, qh * qw, kh * kw)
-
-
-# Attention is computed a step at a time (see _chunked_attention), each step holding at most this
-# many logits: 2**19 fp32 = 2 MiB, which stays in cache through the dot -> bias -> softmax -> dot
-# chain that XLA's CPU backend fuses into two library calls per step. Measured on the loaded
-# 2-core CPU, one ViT-B global block at 1024 px (4096 tokens): with all [12, 4096, 4096] logits
-# at once the block cost 5.5 s of CPU, 2.6 s of it system time for ~1 M page faults per call (the
-# 805 MB logits and XLA's internal copies are fresh allocations every call); the attention alone
-# costs 0.9-1.0 s of CPU in steps of 128 queries x 1 head, 1.2-1.3 s in steps of 64 queries x 12
-# heads (12 MiB) and 2.1 s in steps of 1024 queries x 1 head (16 MiB). Between 2**17 and 2**21
-# the whole block's time was the same within the noise (+-5%).
-_STEP_LOGITS = 1 << 19
 
 
 class Attention(nnx.Module):
@@ -114,97 +103,14 @@ class Attention(nnx.Module):
   def attend(self, qkv: jnp.ndarray, grid: tuple[int, int], num_prefix: int = 0) -> jnp.ndarray:
     """qkv: [B, n, 3C] projected tokens -> [B, n, C] attention output before ``proj``."""
     b, n, _ = qkv.shape
-    heads, d = self.num_heads, self.head_dim
-    # One transpose to heads-major [3, B*heads, n, d]: every dot below then has its batch
-    # dimension first and its contracting dimension last, the layout XLA's CPU dot takes
-    # without copying (token-major einsums "bqnd,bknd->bnqk" made XLA copy the 805 MB weights
-    # of a 1024 px global block once more before the second dot, and kept the two dots apart).
-    q, k, v = qkv.reshape(b, n, 3, heads, d).transpose(2, 0, 3, 1, 4).reshape(3, b * heads, n, d)
-    terms = tables = None
+    qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    rel = None
     if self.use_rel_pos:
-      (gh, gw), dtype = grid, q.dtype
-      r_h = rel_pos_table(gh, gh, self.rel_pos_h[...]).astype(dtype)
-      r_w = rel_pos_table(gw, gw, self.rel_pos_w[...]).astype(dtype)
-      rows = _step_shape(b * heads, n, n)[1]
-      if not num_prefix and rows % gw == 0 and n % rows == 0:
-        tables = (r_h, r_w)  # steps hold whole grid rows: each computes its own terms
-      else:
-        q_img = q[:, num_prefix:].reshape(b * heads, gh, gw, d)
-        terms = _rel_terms(q_img, r_h, r_w)
-        if num_prefix:  # prefix queries get no relative-position term
-          terms = tuple(jnp.pad(t, ((0, 0), (num_prefix, 0), (0, 0))) for t in terms)
-    out = _chunked_attention(q, k, v, self.scale, num_prefix, terms, tables)
-    return out.reshape(b, heads, n, d).transpose(0, 2, 1, 3).reshape(b, n, heads * d)
-
-
-def _rel_terms(q, r_h, r_w):
-  """rel_h [S, h*w, kh] and rel_w [S, h*w, kw] of unscaled queries q [S, h, w, d] (official order)."""
-  s, h, w, _ = q.shape
-  rel_h = jnp.einsum("shwc,hkc->shwk", q, r_h).reshape(s, h * w, r_h.shape[1])
-  rel_w = jnp.einsum("shwc,wkc->shwk", q, r_w).reshape(s, h * w, r_w.shape[1])
-  return rel_h, rel_w
-
-
-def _step_shape(seqs: int, nq: int, nk: int) -> tuple[int, int]:
-  """(sequences, queries) per attention step: the most whole sequences, else the fewest equal
-  blocks of queries, that keep a step's logits within _STEP_LOGITS."""
-  if nq * nk > _STEP_LOGITS:
-    blocks = -(-nq // max(8, _STEP_LOGITS // nk))
-    return 1, -(-nq // blocks)  # e.g. DIT's 20 + 32*32 tokens: 3 blocks of 348, no padding
-  fit = max(1, _STEP_LOGITS // (nq * nk))
-  return max(g for g in range(1, min(fit, seqs) + 1) if seqs % g == 0), nq
-
-
-def _chunked_attention(q, k, v, scale, num_prefix, terms=None, tables=None):
-  """softmax(scale q k^T + rel_h + rel_w) v over [S, n, d] sequences, a cache-sized step at a time.
-
-  The decomposed relative-position terms of the last kh*kw keys come either as ``terms`` (rel_h
-  [S, n, kh], rel_w [S, n, kw], computed beforehand) or as ``tables`` (r_h [kh, kh, d], r_w
-  [kw, kw, d]), when every step holds whole rows of the grid and can compute its own terms. Steps
-  run in a ``lax.map`` loop over groups of whole sequences (windows x heads) and, within a long
-  sequence, over blocks of queries.
-  """
-  s, nq, d = q.shape
-  group, rows = _step_shape(s, nq, k.shape[1])
-  pad = (-nq) % rows  # query blocks of a long sequence: pad the queries, drop their outputs
-  blocks = (nq + pad) // rows
-  rel_h, rel_w = terms if terms is not None else (None, None)
-  # With tables, a step's rel_h terms need only the r_h rows of its own queries.
-  r_h = None if tables is None else tables[0].reshape(blocks, -1, *tables[0].shape[1:])
-
-  def step(q, k, v, rel_h, rel_w, r_h):
-    if tables is not None:
-      # Computed outside the loop, these einsums made XLA transpose all of q twice in memory
-      # (12 of the 122 ms of a 512 px windowed block); here they read cache-resident queries.
-      rel_h, rel_w = _rel_terms(q.reshape(q.shape[0], r_h.shape[0], -1, d), r_h, tables[1])
-    return _attention_step(q * scale, k, v, rel_h, rel_w, num_prefix)
-
-  def one_group(xs):
-    qg, kg, vg, rhg, rwg = xs
-    pad_q = lambda t: jnp.pad(t, ((0, 0), (0, pad), (0, 0))) if pad else t
-    split = lambda t: None if t is None else pad_q(t).reshape(group, blocks, rows, t.shape[-1]).swapaxes(0, 1)
-    out = jax.lax.map(lambda ys: step(ys[0], kg, vg, *ys[1:]), (split(qg), split(rhg), split(rwg), r_h))
-    return out.swapaxes(0, 1).reshape(group, blocks * rows, d)
-
-  regroup = lambda t: None if t is None else t.reshape(s // group, group, *t.shape[1:])
-  out = jax.lax.map(one_group, tuple(regroup(t) for t in (q, k, v, rel_h, rel_w)))
-  return out.reshape(s, blocks * rows, d)[:, :nq]
-
-
-def _attention_step(q, k, v, rel_h, rel_w, num_prefix):
-  logits = jnp.einsum("sqd,skd->sqk", q, k)
-  if rel_h is not None:
-    g, n = logits.shape[:2]
-    kh, kw = rel_h.shape[-1], rel_w.shape[-1]
-    img = logits[..., num_prefix:].reshape(g, n, kh, kw) + rel_h[..., :, None] + rel_w[..., None, :]
-    img = img.reshape(g, n, kh * kw)
-    logits = jnp.concatenate([logits[..., :num_prefix], img], axis=-1) if num_prefix else img
-  # Softmax normalised after the second dot: dividing the [q, d] output instead of the [q, k]
-  # weights saves a pass over the logits (same result up to rounding, ~1e-7 relative).
-  logits = logits.astype(jnp.float32)
-  e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-  out = jnp.einsum("sqk,skd->sqd", e.astype(v.dtype), v)
-  return (out / e.sum(axis=-1, keepdims=True)).astype(v.dtype)
+      (gh, gw) = grid
+      rel = RelPos(rel_pos_table(gh, gh, self.rel_pos_h[...]), rel_pos_table(gw, gw, self.rel_pos_w[...]),
+                   num_prefix)
+    return attention(q, k, v, scale=self.scale, rel_pos=rel).reshape(b, n, self.num_heads * self.head_dim)
 
 
 def window_partition(x: jnp.ndarray, window: int):

@@ -40,6 +40,7 @@ from flax import nnx
 from jaxris.models.layers import axes, conv, dense, norm
 from jaxris.models.sam.common import GELU, gelu, layer_norm
 from jaxris.models.sam.image_encoder import window_partition, window_unpartition
+from jaxris.ops.attention import attention
 
 # PatchMerging into these widths uses a stride-1 depthwise conv (hard-coded in the official code).
 STRIDE_1_MERGE_DIMS = (320, 448, 576)
@@ -199,18 +200,11 @@ class Attention(nnx.Module):
     """x: [S, N, C] sequences of N = window**2 tokens -> [S, N, C]."""
     s, n, _ = x.shape
     heads, kd = self.num_heads, self.key_dim
-    # One transpose to [3, S*heads, N, kd]: both dots then have the batch first and contract the
-    # last dimension, the layout XLA's CPU dot takes without copies (as in image_encoder.Attention).
-    qkv = self.qkv(self.norm(x)).reshape(s, n, heads, 3, kd).transpose(3, 0, 2, 1, 4).reshape(3, s * heads, n, kd)
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    qkv = self.qkv(self.norm(x)).reshape(s, n, heads, 3, kd)
     # The official eval() forward indexes the table once into its ``ab`` buffer; same values.
-    bias = self.attention_biases[...][:, attention_bias_idxs(self.resolution)].astype(q.dtype)  # [heads, N, N]
-    logits = jnp.einsum("bqd,bkd->bqk", q, k).reshape(s, heads, n, n) * self.scale + bias
-    logits = logits.astype(jnp.float32).reshape(s * heads, n, n)
-    # Softmax normalised after the second dot (dividing [N, kd] instead of [N, N]; ~1e-7 relative).
-    e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-    out = jnp.einsum("bqk,bkd->bqd", e.astype(v.dtype), v) / e.sum(axis=-1, keepdims=True).astype(v.dtype)
-    return self.proj(out.reshape(s, heads, n, kd).transpose(0, 2, 1, 3).reshape(s, n, heads * kd))
+    bias = self.attention_biases[...][:, attention_bias_idxs(self.resolution)].astype(qkv.dtype)  # [heads, N, N]
+    out = attention(qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :], scale=self.scale, bias=bias)
+    return self.proj(out.reshape(s, n, heads * kd))
 
 
 class Mlp(nnx.Module):

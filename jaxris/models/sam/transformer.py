@@ -12,6 +12,7 @@ from flax import nnx
 
 from jaxris.models.layers import dense
 from jaxris.models.sam.common import MLPBlock, layer_norm
+from jaxris.ops.attention import attention
 
 
 class Attention(nnx.Module):
@@ -29,9 +30,7 @@ class Attention(nnx.Module):
   def __call__(self, q, k, v):
     split = lambda x: x.reshape(x.shape[0], x.shape[1], self.num_heads, -1)
     q, k, v = split(self.q_proj(q)), split(self.k_proj(k)), split(self.v_proj(v))
-    logits = jnp.einsum("bqnd,bknd->bnqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bnqk,bknd->bqnd", weights, v)
+    out = attention(q, k, v, scale=q.shape[-1] ** -0.5)
     return self.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
 
 
