@@ -7,8 +7,9 @@ the split and scores it at the original image size. DIT (``eval_resize="binary"`
 sigmoid(logits) > config.threshold (0.35) at the model input size, then the binary mask is
 cropped and resized (any value > 0 counts). EVF-SAM (``eval_resize="logits"``): the logits are
 cropped and resized, as SAM's postprocess_masks does, then thresholded (0.5, i.e. logits > 0). Writes
-DIR/eval_<split>.json ({"oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9"}, percent) and prints the
-paper's table layout.
+DIR/eval_<split>.json ({"oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9"}, percent; on RefShapes also
+"by_type": the same per expression type) and prints the paper's table layout, then on RefShapes the
+mIoU per expression type (attribute, superlative, position, relation) and a one-line verdict.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import sys
 import jax
 
 from jaxris.configs import resolve_config_path
-from jaxris.data.inputs import eval_examples, preprocess_for
-from jaxris.inference.evaluation import evaluate_split, format_table, forward_fn, write_result
+from jaxris.data.inputs import eval_examples, expression_type_of, preprocess_for
+from jaxris.inference.evaluation import evaluate_split, format_report, forward_fn, write_result
 from jaxris.inference.export import load_trained
 from jaxris.models.functional import split_params
 from jaxris.sharding import make_mesh
@@ -46,10 +47,10 @@ def main(argv) -> int:
   for split in splits:
     results[split] = evaluate_split(forward, params, eval_examples(cfg, split), preprocess_for(cfg), tokenizer,
                                     cfg.batch_size, cfg.threshold, mesh, desc=split, model_inputs=model_inputs,
-                                    resize=cfg.eval_resize)
+                                    resize=cfg.eval_resize, type_of=expression_type_of(cfg))
     write_result(workdir, split, results[split])
   if jax.process_index() == 0:
-    print(format_table(results, cfg.data.name))
+    print(format_report(results, cfg.data.name))
   return 0
 
 

@@ -270,13 +270,13 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
                            {**_eval_params(state), **buffers(rest)}, _vocab_file(tokenizer), recipe_of(cfg, preprocess))
   results = {}
   for split in cfg.data.eval_splits:
-    results[split] = evaluate(_eval_params(state), split)
+    results[split] = evaluate(_eval_params(state), split, type_of=inputs.expression_type_of(cfg))
     ev.write_result(workdir, split, results[split])
     _log(log, writer, {"step": total_micro, **{f"{split}/{k}": v for k, v in results[split].items()
                                                if k in ev.REPORTED}})
   if is_main:
     print(f"\nweights: {model_dir}\n")
-    print(ev.format_table(results, f"{cfg.name} on {cfg.data.name}"))
+    print(ev.format_report(results, f"{cfg.name} on {cfg.data.name}"))
     if cfg.predict_examples and cfg.data.eval_splits:
       paths = write_examples(model_dir, inputs.eval_examples(cfg, cfg.data.eval_splits[0])[:cfg.predict_examples],
                              os.path.join(workdir, "predictions"))

@@ -16,6 +16,7 @@ def _tiny_run(**overrides):
                                  global_attn_indexes=(1,), window_size=4)
   cfg.model.prompt_embed_dim = 32
   cfg.model.decoder_mlp_dim = 64
+  cfg.init.sam_decoder = ""  # a 32-wide decoder: no SAM decoder fits it, it starts random
   cfg.model.beit3_overrides = dict(encoder_embed_dim=32, encoder_attention_heads=2, encoder_ffn_embed_dim=64,
                                    encoder_layers=2, img_size=32, patch_size=8, max_source_positions=32)
   cfg.data.image_size = 64
@@ -35,7 +36,7 @@ def _tiny_run(**overrides):
 def test_evf_refshapes_trains_exports_and_evaluates(tmp_path):
   from jaxris.inference import evaluation as ev
   from jaxris.inference.export import load_trained
-  from jaxris.data.inputs import eval_examples, preprocess_for
+  from jaxris.data.inputs import eval_examples, expression_type_of, preprocess_for
   from jaxris.models.functional import split_params
   from jaxris.sharding import make_mesh
 
@@ -47,7 +48,9 @@ def test_evf_refshapes_trains_exports_and_evaluates(tmp_path):
   losses = [l["loss"] for l in lines if "loss" in l]
   assert len(losses) == 2 and all(np.isfinite(losses))
   written = json.load(open(os.path.join(workdir, "eval_val.json")))
-  assert set(written) == set(ev.REPORTED)
+  assert set(written) == set(ev.REPORTED) | {"by_type"}  # RefShapes: also mIoU per expression type
+  # every expression is counted under exactly one type
+  assert sum(r["count"] for r in written["by_type"].values()) == sum(len(e["sentences"]) for e in eval_examples(cfg, "val"))
 
   # The export reads back (EVF family, MiniLM's vocab.txt) and re-scores val to the same numbers.
   model, tokenizer = load_trained(os.path.join(workdir, "model"))
@@ -55,9 +58,11 @@ def test_evf_refshapes_trains_exports_and_evaluates(tmp_path):
   graphdef, params, rest = split_params(model)
   result = ev.evaluate_split(ev.forward_fn(graphdef, rest), params, eval_examples(cfg, "val"), preprocess_for(cfg),
                              tokenizer, 4, cfg.threshold, make_mesh((1, 1, 1)), model_inputs=type(model).BATCH_INPUTS,
-                             resize="logits")
+                             resize="logits", type_of=expression_type_of(cfg))
   for k in ev.REPORTED:
     assert result[k] == pytest.approx(written[k], abs=1e-6), k
+  for t, r in written["by_type"].items():
+    assert result["by_type"][t]["mIoU"] == pytest.approx(r["mIoU"], abs=1e-6), t
 
 
 def test_evf_frozen_parts_stay_fixed(tmp_path):

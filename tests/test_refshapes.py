@@ -40,6 +40,8 @@ GRAMMAR = {  # family -> full-sentence pattern
     "relation": rf"the {_np('t')} (?:to the )?(?P<rel>left of|right of|above|below) the {_np('l')}",
     "attribute": rf"the {_np('t')}",
 }
+EXPRESSION_TYPE = {"superlative": "superlative", "extreme": "position", "ordinal": "position",
+                   "relation": "relation", "attribute": "attribute"}
 # side -> (axis of the centroid, sign): rank 1 has the smallest sign * coordinate.
 SIDE = {"left": (1, 1), "right": (1, -1), "top": (0, 1), "bottom": (0, -1)}
 EXTREME_SIDE = {"leftmost": "left", "rightmost": "right", "top": "top", "bottom": "bottom"}
@@ -193,6 +195,8 @@ def test_every_expression_fits_exactly_its_target(split):
       assert fits == [sc.target], (split, index, sentence, fits, sc)
       assert clear, (split, index, sentence, sc)
       families[parse(sentence)[0]] += 1
+      # The evaluation's expression types (extreme and ordinal are both "position").
+      assert refshapes.expression_type(sentence) == EXPRESSION_TYPE[parse(sentence)[0]], sentence
   # every family is used, none dominates
   assert set(families) == set(GRAMMAR), families
   assert max(families.values()) < 0.5 * sum(families.values()), families

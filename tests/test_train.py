@@ -108,6 +108,7 @@ def _refshapes_run(**overrides):
                                  global_attn_indexes=(1,), window_size=4)
   cfg.model.prompt_embed_dim = 32
   cfg.model.decoder_mlp_dim = 64
+  cfg.init.sam_decoder = ""  # a 32-wide decoder: no SAM decoder fits it, it starts random
   cfg.data.image_size = 64
   cfg.data.refshapes = dict(image_size=64, num_train=32, num_val=4, num_testA=4, num_testB=4)
   cfg.batch_size = 4

@@ -44,6 +44,15 @@ def eval_examples(cfg, split: str) -> list[dict]:
   return _read(cfg, split)
 
 
+def expression_type_of(cfg):
+  """sentence -> its expression type, for data that has them (RefShapes: attribute, superlative,
+  position, relation), else None. Evaluation reports mIoU per type with it."""
+  if cfg.data.name == "refshapes":
+    from jaxris.data.refshapes import expression_type
+    return expression_type
+  return None
+
+
 def preprocess_for(cfg) -> transforms.PreprocessConfig:
   """The recipe's preprocessing at its input size; DIT's training scales shrink with it."""
   size = cfg.data.image_size

@@ -36,9 +36,11 @@ Determinism
 description (kinds, colours, sizes, centres) for inspection and tests.
 """
 
+from jaxris.data.refshapes.language import EXPRESSION_TYPES, expression_type
 from jaxris.data.refshapes.render import contact_sheet, example, examples, shape_mask
 from jaxris.data.refshapes.scene import (COLOURS, HELD_OUT, KINDS, SPLITS, RefShapesConfig, Scene,
                                          Shape, scene, split_size)
 
 __all__ = ["RefShapesConfig", "Shape", "Scene", "SPLITS", "KINDS", "COLOURS", "HELD_OUT",
-           "split_size", "scene", "example", "examples", "shape_mask", "contact_sheet"]
+           "split_size", "scene", "example", "examples", "shape_mask", "contact_sheet", "EXPRESSION_TYPES",
+           "expression_type"]

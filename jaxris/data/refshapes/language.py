@@ -152,6 +152,26 @@ def _render_expression(candidate, rng):
   return _TEMPLATES[candidate[0]](rng, *candidate[1:])
 
 
+EXPRESSION_TYPES = ("attribute", "superlative", "position", "relation")  # the four families, in order
+
+
+def expression_type(sentence: str) -> str:
+  """The family of a RefShapes expression (one of EXPRESSION_TYPES), read back from its words: a
+  relation names a landmark through one of the relation words, a superlative or a position starts with
+  its word ("the smallest ...", "the leftmost ...", "the second ... from the left"), the rest are
+  attributes. Noun phrases hold only size, colour and kind words, so the families cannot be confused."""
+  padded = f" {sentence.strip().lower()} "
+  if any(f" {w} " in padded for words in _RELATION_WORDS.values() for w in words):
+    return "relation"
+  words = padded.split()
+  first = words[1] if len(words) > 1 else ""
+  if first in _SUPERLATIVES:
+    return "superlative"
+  if first in _EXTREME_WORDS.values() or first in _ORDINALS.values():
+    return "position"
+  return "attribute"
+
+
 def choose_sentences(shapes, t, margin, rng):
   """1-3 distinct expressions for the target shapes[t], from different families where
   possible, or () when none fits; `margin` in pixels, `rng` the scene's random stream."""

@@ -1,0 +1,217 @@
+"""Throughput of README command 1's train step (the main job: L-DIT on RefShapes, batch 16) and where a
+step's time goes.
+
+  python benchmarks/speed_refshapes_train.py                         # this tree: images/s + breakdown
+  python benchmarks/speed_refshapes_train.py --against 6765a11       # before/after, same run, same batches
+  python benchmarks/speed_refshapes_train.py --config configs/edit_vitb.py:refshapes --rounds 5
+
+Images/s is the recipe's own update step (``jaxris.train.create_trainer`` on the model ``jaxris.build``
+makes from the recipe, state donated, as the training loop runs it) on real RefShapes batches from the
+training input pipeline, prefetched so that only the step is timed. ``--against REV`` runs the same
+measurement on a git worktree of REV in a second process; the two processes take turns (one round of
+``--steps`` steps each, ``--rounds`` times) so that load from other jobs hits both alike, and the table
+gives the median images/s of each and their ratio.
+
+The breakdown (this tree only) times, per batch of 16: the input pipeline alone (tf.data, scenes
+rendered and tokenised), the host-to-device copy, the forward pass, forward + backward, and the whole
+update step (optimizer = step - forward/backward), each jitted alone, medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import timing  # noqa: E402
+
+# Runs inside either tree (only APIs both have): builds the recipe's trainer, then answers "go N"
+# lines on stdin with the seconds N steps took.
+WORKER = r"""
+import json, sys, time
+import jax, numpy as np
+from jaxris import build
+from jaxris.configs import resolve_config_path
+from jaxris.data import inputs
+from jaxris.data.loader import make_dataset
+from jaxris.models.functional import split_params
+from jaxris.sharding import global_batch, make_mesh
+from jaxris.train import create_trainer
+import importlib.util
+
+path, _, arg = sys.argv[1].partition(":")
+spec = importlib.util.spec_from_file_location("recipe", resolve_config_path(path))
+recipe = importlib.util.module_from_spec(spec); spec.loader.exec_module(recipe)
+cfg = recipe.get_config(arg or None)
+model, _, tokenizer = build.build(cfg.model, cfg.init, cfg.seed)
+keys = ("mask",) + type(model).BATCH_INPUTS
+graphdef, params, rest = split_params(model)
+del model
+mesh = make_mesh((1, 1, 1))
+examples = inputs.train_examples(cfg)
+steps_per_epoch = max(len(examples) // cfg.batch_size, 1)
+trainer = create_trainer(cfg, graphdef, params, rest, mesh, steps_per_epoch, cfg.steps)
+ds = make_dataset(examples, inputs.preprocess_for(cfg), tokenizer, cfg.batch_size, train=True, seed=cfg.seed,
+                  train_sentences=cfg.data.train_sentences).as_numpy_iterator()
+batches = [global_batch({k: b[k] for k in keys}, mesh) for b, _ in zip(ds, range(8))]
+state = trainer.state
+for b in batches[:2]:  # compile + warm up
+  state, m = trainer.step(state, b)
+jax.block_until_ready(m)
+print(json.dumps({"ready": cfg.batch_size}), flush=True)
+i = 0
+for line in sys.stdin:
+  n = int(line.split()[1])
+  t0 = time.perf_counter()
+  for _ in range(n):
+    state, m = trainer.step(state, batches[i % len(batches)]); i += 1
+  jax.block_until_ready(m)
+  print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+"""
+
+
+class Worker:
+  """A process holding one tree's compiled step; `run(n)` -> seconds for n steps."""
+
+  def __init__(self, tree: str, config: str):
+    env = {**os.environ, "PYTHONPATH": tree, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    self.proc = subprocess.Popen([sys.executable, "-c", WORKER, config], cwd=tree, env=env, text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    self.batch = self._read()["ready"]
+
+  def _read(self) -> dict:
+    for line in self.proc.stdout:
+      if line.startswith("{"):
+        return json.loads(line)
+    raise RuntimeError(f"worker exited with {self.proc.wait()} before answering")
+
+  def run(self, n: int) -> float:
+    self.proc.stdin.write(f"go {n}\n")
+    self.proc.stdin.flush()
+    return self._read()["seconds"]
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def compare(config: str, against: str | None, steps: int, rounds: int) -> None:
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  trees = {"this tree": here}
+  tmp = None
+  if against:
+    tmp = tempfile.mkdtemp(prefix="jaxris-against-")
+    subprocess.run(["git", "-C", here, "worktree", "add", "--detach", tmp, against], check=True,
+                   stdout=subprocess.DEVNULL)
+    trees = {against: tmp, "this tree": here}
+  try:
+    workers = {name: Worker(tree, config) for name, tree in trees.items()}
+    rates = {name: [] for name in trees}
+    for r in range(rounds):
+      for name, w in workers.items():
+        rates[name].append(steps * w.batch / w.run(steps))
+      print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.1f} img/s" for n, v in rates.items()),
+            flush=True)
+    for w in workers.values():
+      w.close()
+  finally:
+    if tmp:
+      subprocess.run(["git", "-C", here, "worktree", "remove", "--force", tmp], check=False)
+  base = statistics.median(rates[list(trees)[0]])
+  rows = [[name, statistics.median(v), min(v), max(v), statistics.median(v) / base] for name, v in rates.items()]
+  print(f"\n{config}: train step images/s ({rounds} rounds of {steps} steps, batch {workers[list(trees)[0]].batch})")
+  timing.print_table(["code", "images/s (median)", "min", "max", "ratio"], rows)
+
+
+def breakdown(config: str, rounds: int) -> None:
+  """Per-batch seconds of each part of a step (this tree)."""
+  import importlib.util
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from jaxris import build
+  from jaxris.configs import resolve_config_path
+  from jaxris.data import inputs
+  from jaxris.data.loader import make_dataset
+  from jaxris.losses import LOSSES
+  from jaxris.models.functional import merge, split_params
+  from jaxris.sharding import global_batch, make_mesh
+  from jaxris.train import create_trainer, is_frozen
+
+  path, _, arg = config.partition(":")
+  spec = importlib.util.spec_from_file_location("recipe", resolve_config_path(path))
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  cfg = recipe.get_config(arg or None)
+  model, _, tokenizer = build.build(cfg.model, cfg.init, cfg.seed)
+  keys = ("mask",) + type(model).BATCH_INPUTS
+  graphdef, params, rest = split_params(model)
+  del model
+  mesh = make_mesh((1, 1, 1))
+  examples = inputs.train_examples(cfg)
+  trainer = create_trainer(cfg, graphdef, params, rest, mesh, max(len(examples) // cfg.batch_size, 1), cfg.steps)
+  ds = make_dataset(examples, inputs.preprocess_for(cfg), tokenizer, cfg.batch_size, train=True, seed=cfg.seed,
+                    train_sentences=cfg.data.train_sentences).as_numpy_iterator()
+  n_input = 40
+  next(ds)
+  t0 = time.perf_counter()
+  host = [next(ds) for _ in range(n_input)]
+  input_s = (time.perf_counter() - t0) / n_input
+  host = {k: host[0][k] for k in keys}
+  h2d = timing.median_seconds(lambda: jax.block_until_ready(global_batch(host, mesh)), rounds * 5)
+  batch = global_batch(host, mesh)
+  loss_of = LOSSES[cfg.loss]
+
+  def loss_fn(params, batch, key):
+    params = {k: jax.lax.stop_gradient(v) if is_frozen(k, cfg.freeze) else v for k, v in params.items()}
+    model = merge(graphdef, params, rest)
+    logits = model(*(batch[k] for k in model.BATCH_INPUTS), rngs=nnx.Rngs(dropout=key))
+    return loss_of(logits.astype(jnp.float32), batch["mask"])
+
+  key = jax.random.key(0)
+  fwd = jax.jit(loss_fn)
+  fwd_bwd = jax.jit(jax.value_and_grad(loss_fn))
+  p = trainer.state["params"]
+  fwd_s = timing.median_seconds(lambda: jax.block_until_ready(fwd(p, batch, key)), rounds * 3, warmup=2)
+  fwd_bwd_s = timing.median_seconds(lambda: jax.block_until_ready(fwd_bwd(p, batch, key)), rounds * 3, warmup=2)
+  holder = {"state": trainer.state}
+
+  def step():
+    holder["state"], m = trainer.step(holder["state"], batch)
+    jax.block_until_ready(m)
+  step_s = timing.median_seconds(step, rounds * 3, warmup=2)
+  rows = [["input pipeline (tf.data, alone)", input_s], ["host -> device", h2d], ["forward", fwd_s],
+          ["backward", fwd_bwd_s - fwd_s], ["optimizer (+ EMA, guard)", step_s - fwd_bwd_s],
+          ["update step (forward + backward + optimizer)", step_s]]
+  print(f"\n{config}: per batch of {cfg.batch_size} (ms; medians, this tree)")
+  timing.print_table(["part", "ms per batch", "share of the step"],
+                     [[name, 1e3 * s, (f"{s / step_s:.0%}" if name != rows[-1][0] else "100%")] for name, s in rows])
+  print(f"update step: {cfg.batch_size / step_s:.1f} images/s; the input pipeline alone: "
+        f"{cfg.batch_size / input_s:.0f} images/s")
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="configs/ldit_vitb.py:refshapes", help="recipe[:arg] (README command 1's)")
+  p.add_argument("--against", help="a git revision to compare with (run from a worktree of it, same batches)")
+  p.add_argument("--steps", type=int, default=20, help="steps per round")
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--no-breakdown", action="store_true", help="images/s only")
+  args = p.parse_args(argv)
+  compare(args.config, args.against, args.steps, args.rounds)
+  if not args.no_breakdown:
+    breakdown(args.config, args.rounds)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
