@@ -1,7 +1,7 @@
 """A recipe's ``model`` and ``init`` sections -> (model, typed model config, tokenizer).
 
 This is the one place where a recipe becomes a model. ``model.family`` picks it: "dit" (DIT-SAM's
-RisSam, every Table 1/2/4 row) or "evf" (EVF-SAM). ``init`` names the converted pretrained parts;
+RisSam, every Table 1/2/4 row), "evf" (EVF-SAM) or "bridge" (the SAM+CLIP bridge, BridgeSam). ``init`` names the converted pretrained parts;
 ``check_init_paths`` fails within seconds, naming a missing path and the command that makes it.
 
 DIT ``init`` keys: sam (converted SAM, its image encoder becomes ``visual_encoder``), bert (a
@@ -10,7 +10,10 @@ EVF ``init`` keys: evf (a converted EVF-SAM directory: every parameter and the t
 fine-tune a release), sam, beit3 (converted BEiT-3), tokenizer (BEiT-3's sentencepiece model, or
 "minilm": MiniLM's WordPiece vocabulary for the CPU-sized recipe whose small BEiT-3 learns its text
 table from scratch). The EVF projector always starts random, as in the official training.
-Both: sam_decoder (a converted SAM whose prompt encoder and mask decoder, and only those, are loaded:
+Bridge ``init`` keys: sam (converted SAM: its image encoder, prompt encoder and mask decoder), clip
+(converted CLIP: its vision tower, frozen), bert (as DIT), constants (a directory written by
+``python -m jaxris.weights.bridge``: the CLIP-text tables; "" = fixed random tables, the CPU recipes).
+All: sam_decoder (a converted SAM whose prompt encoder and mask decoder, and only those, are loaded:
 the CPU-sized recipes' image encoder is too small for any checkpoint, their decoder is SAM's), or
 "mobile_sam": the official MobileSAM checkpoint, fetched and converted once into the jaxris cache.
 
@@ -27,13 +30,17 @@ from flax import nnx
 
 from jaxris.models.beit3 import BEiT3Config
 from jaxris.models.functional import assign_params, flat_params
+from jaxris.models.clip import CLIPVisionConfig
+from jaxris.models.ris.bridge.model import CLIP_L14_336, BridgeConfig, BridgeSam
 from jaxris.models.ris.dit_sam import RisConfig, RisSam
 from jaxris.models.ris.evf import EvfConfig, EvfSam
 from jaxris.models.sam.sam import sam_config
 from jaxris.text.bert_tokenizer import BertTokenizer
 from jaxris.text.xlmr_tokenizer import XlmrTokenizer
 from jaxris.weights import beit3 as beit3_weights
+from jaxris.weights import bridge as bridge_weights
 from jaxris.weights import bert as bert_weights
+from jaxris.weights import clip as clip_weights
 from jaxris.weights import dit as dit_weights
 from jaxris.weights import evf_sam as evf_weights
 from jaxris.weights import fetch
@@ -41,11 +48,11 @@ from jaxris.weights import sam as sam_weights
 from jaxris.weights import store
 
 DTYPES = {"float32": None, "bfloat16": "bfloat16"}
-FAMILIES = {"dit": dit_weights.FAMILY, "evf": evf_weights.FAMILY}  # recipe family -> exported weights family
+FAMILIES = {"dit": dit_weights.FAMILY, "evf": evf_weights.FAMILY, "bridge": bridge_weights.FAMILY}  # recipe family -> exported weights family
 
 
 def family(model_cfg) -> str:
-  """'dit' or 'evf': which model a recipe's ``model`` section builds."""
+  """'dit', 'evf' or 'bridge': which model a recipe's ``model`` section builds."""
   if model_cfg.family not in FAMILIES:
     raise ValueError(f"unknown model family {model_cfg.family!r}: one of {sorted(FAMILIES)}")
   return model_cfg.family
@@ -102,7 +109,18 @@ _HOW_TO_GET = {  # (family, init key) -> (what it is, how to get it)
 _SAM_DECODER = ("SAM prompt encoder and mask decoder weights", "run python -m jaxris.weights.fetch mobile_sam --out "
                 "{path} (the official MobileSAM, whose decoder is SAM's; or convert any SAM checkpoint with "
                 "python -m jaxris.convert.sam), or set --config.init.sam_decoder= to start them from random")
-_HOW_TO_GET.update({("dit", "sam_decoder"): _SAM_DECODER, ("evf", "sam_decoder"): _SAM_DECODER})
+_HOW_TO_GET.update({
+    ("bridge", "sam"): ("SAM weights", "download sam_vit_b_01ec64.pth (facebookresearch/segment-anything) and run "
+                        "python -m jaxris.convert.sam --src sam_vit_b_01ec64.pth --out {path}"),
+    ("bridge", "clip"): ("converted CLIP weights", "download OpenAI's ViT-L-14-336px.pt (or the Hugging Face "
+                         "openai/clip-vit-large-patch14-336 directory) and run python -m jaxris.convert.clip --src "
+                         "<that file or dir> --out {path}"),
+    ("bridge", "bert"): _HOW_TO_GET[("dit", "bert")],
+    ("bridge", "constants"): ("the bridge's CLIP-text constants", "run python -m jaxris.weights.bridge --clip "
+                              "<converted CLIP-L/14-336> --out {path} (or set --config.init.constants= for fixed "
+                              "random tables)"),
+})
+_HOW_TO_GET.update({(f, "sam_decoder"): _SAM_DECODER for f in FAMILIES})
 
 
 def check_init_paths(model_cfg, init_cfg) -> None:
@@ -123,7 +141,9 @@ def check_init_paths(model_cfg, init_cfg) -> None:
                                 f"{_SAM_DECODER[1].format(path='weights/' + path)}") from None
     if not path or path == "minilm":
       continue
-    marker = os.path.join(path, store.CONFIG_FILE) if key in ("sam", "sam_decoder", "beit3", "evf") else path
+    marker = {"sam": store.CONFIG_FILE, "sam_decoder": store.CONFIG_FILE, "beit3": store.CONFIG_FILE,
+              "evf": store.CONFIG_FILE, "constants": bridge_weights.CONSTANTS_FILE}.get(key)
+    marker = os.path.join(path, marker) if marker else path
     if not os.path.exists(marker):
       what, how = _HOW_TO_GET[(fam, key)]
       raise FileNotFoundError(f"{what} not found at {path}: {how.format(path=path)}")
@@ -153,6 +173,21 @@ def evf_config(model_cfg, vocab_size: int | None = None) -> EvfConfig:
     overrides["vocab_size"] = vocab_size
   return EvfConfig(sam=sam_for(model_cfg), beit3=sizes(**overrides), fusion=model_cfg.fusion,
                    pooling=model_cfg.pooling, multimask=model_cfg.multimask)
+
+
+def bridge_config(model_cfg, bert_cfg, clip_cfg: CLIPVisionConfig | None = None, constants: dict | None = None
+                  ) -> BridgeConfig:
+  """The bridge's sizes: SAM and CLIP from the recipe (CLIP from its checkpoint when one is given), BERT's
+  from its checkpoint without the pooler, the table sizes from the constants when given."""
+  bert_cfg = dataclasses.replace(bert_cfg, add_pooling_layer=False, hidden_dropout_prob=model_cfg.bert_dropout,
+                                 attention_probs_dropout_prob=model_cfg.bert_dropout)
+  clip_cfg = clip_cfg or dataclasses.replace(CLIP_L14_336, **dict(model_cfg.clip_overrides))
+  sizes = dict(model_cfg.bridge_sizes)
+  if constants:
+    sizes.update(num_classes=constants["class_text"].shape[0], clip_text_dim=constants["class_text"].shape[1],
+                 num_category_ids=constants["category_rows"].shape[0])
+  return BridgeConfig(sam=sam_for(model_cfg), clip=clip_cfg, bert=bert_cfg, sparse_query=model_cfg.sparse_query,
+                      no_target_head=model_cfg.no_target_head, **sizes)
 
 
 # --- Building.
@@ -203,7 +238,29 @@ def _build_evf(model_cfg, init_cfg, seed):
   return model, cfg, tokenizer
 
 
-_BUILDERS = {"dit": _build_dit, "evf": _build_evf}
+def _build_bridge(model_cfg, init_cfg, seed):
+  bert_model, tokenizer = bert_weights.load(text_encoder_dir(init_cfg.bert))
+  fixed_length(tokenizer, model_cfg.max_tokens)
+  updates = {f"bert.{k}": v for k, v in flat_params(bert_model).items() if not k.startswith("pooler.")}
+  clip_cfg = None
+  if init_cfg.clip:
+    clip_model = clip_weights.load_vision_model(init_cfg.clip)
+    clip_cfg = clip_model.config
+    updates.update({f"clip.{k}": v for k, v in flat_params(clip_model).items()})
+  constants = bridge_weights.load_constants(init_cfg.constants) if init_cfg.constants else None
+  cfg = bridge_config(model_cfg, bert_model.config, clip_cfg, constants)
+  model = BridgeSam(cfg, rngs=nnx.Rngs(seed), dtype=DTYPES[model_cfg.dtype])
+  if init_cfg.sam:
+    _, sam_params = store.load(init_cfg.sam, sam_weights.FAMILY)
+    updates.update({k.replace("image_encoder.", "sam_encoder.", 1): v for k, v in sam_params.items()})
+  updates.update(sam_decoder_params(init_cfg.sam_decoder))
+  if constants:
+    updates.update(constants)
+  load_pretrained(model, updates)
+  return model, cfg, tokenizer
+
+
+_BUILDERS = {"dit": _build_dit, "evf": _build_evf, "bridge": _build_bridge}
 
 
 def sam_decoder_params(spec: str) -> dict:

@@ -1,10 +1,18 @@
-"""Segmentation losses on mask logits [B, H, W] against soft targets in [0, 1]."""
+"""Training losses by recipe name (``cfg.loss``).
+
+``LOSSES`` take mask logits [B, H, W] and soft targets in [0, 1] (DIT, EVF-SAM). A model whose forward
+has more than one output (the bridge: ``train_outputs`` returns a dict) trains with a
+``STRUCTURED_LOSSES`` entry instead, called as ``loss(outputs, batch, key, **cfg.loss_weights)`` with the
+whole batch (the fields the model class lists in ``LOSS_INPUTS``) and a PRNG key for sampled points.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxris import bridge_losses
 
 
 def bce(logits, target):
@@ -30,3 +38,21 @@ LOSSES = {
     "bce+dice": lambda logits, target: bce(logits, target) + dice(logits, target),
     "evf": evf,
 }
+
+
+def bridge(outputs, batch, key, **weights):
+  """The SAM+CLIP bridge's loss (jaxris.bridge_losses, spec §5). Each referring expression has one GT
+  instance, its mask, valid unless the expression has no target (``batch["no_target"]``); ``weights``
+  are LossWeights fields (BCE 2.0 / Dice 0.5, the code's, by default)."""
+  w = bridge_losses.LossWeights(**{k: tuple(v) if isinstance(v, list) else v for k, v in weights.items()})
+  mask = batch["mask"].astype(jnp.float32)
+  empty = batch["no_target"].astype(bool)
+  targets = {"mask": mask, "instance_masks": mask[:, None], "instance_valid": ~empty[:, None], "empty": empty}
+  if w.same_category_mask:
+    targets["same_category"] = bridge_losses.same_category(batch["category"])
+  outputs = dict(outputs, sam_logits=outputs["sam_logits"].astype(jnp.float32))
+  total, _ = bridge_losses.bridge_loss(outputs, targets, key, w)
+  return total
+
+
+STRUCTURED_LOSSES = {"bridge": bridge}

@@ -11,7 +11,9 @@ K = 3 with --multimask, else 1) and S_scores.json (predicted IoU per mask; with 
 threshold and the mask's area). With --text the logits are shifted so that > 0 means
 sigmoid > the trained recipe's threshold (0.35 for DIT, from the export's recipe.json); EVF-SAM weights (python -m jaxris.convert.evf_sam ...;
 the family is read from DIR/config.json) take --text, optionally with --point/--box prompts, and
-their logits > 0 is the mask, as in the official code. Coordinates are
+their logits > 0 is the mask, as in the official code. A SAM+CLIP bridge trained with its no-target
+head prints "no target: ..." when the head says the phrase fits nothing (empty mask; scores.json
+"no_target": true). Coordinates are
 pixels of the original image, x to the right and y down. Bad input gives a one-line error and
 exit code 2.
 
@@ -37,11 +39,13 @@ import numpy as np
 from PIL import Image
 
 from jaxris.data.image_io import ImageError, read_image
+from jaxris.inference.bridge_predictor import BridgePredictor
 from jaxris.inference.evf_predictor import EvfPredictor
 from jaxris.inference.export import read_recipe, weights_family
 from jaxris.inference.overlays import text_predictor
 from jaxris.inference.sam_predictor import SamPredictor
 from jaxris.visualize import overlay
+from jaxris.weights import bridge as bridge_weights
 from jaxris.weights import evf_sam
 from jaxris.weights import sam as sam_weights
 
@@ -164,11 +168,21 @@ def _text_model_dir(args) -> str:
 
 def _run_text(args, image, stem) -> dict:
   model_dir = _text_model_dir(args)
-  logits = text_predictor(model_dir)(image, args.text)[None]
+  extra = {}
+  if weights_family(model_dir) == bridge_weights.FAMILY:  # the bridge may also answer "no target"
+    predictor = BridgePredictor(model_dir)
+    logits, no_target = predictor.predict_with_target(image, args.text)
+    logits = logits[None]
+    if no_target is not None:
+      extra["no_target"] = no_target
+      if no_target:
+        print(f"no target: nothing in {args.image} fits {args.text!r} (the no-target head); the mask is empty")
+  else:
+    logits = text_predictor(model_dir)(image, args.text)[None]
   area = float((logits[0] > 0).mean())
   threshold = read_recipe(model_dir)["threshold"]
   return write_outputs(args.out, stem, image, logits, np.array([1.0]),
-                       extra={"text": args.text, "threshold": threshold, "mask_area_fraction": area})
+                       extra={"text": args.text, "threshold": threshold, "mask_area_fraction": area, **extra})
 
 
 def _run_sam(args, image, stem) -> dict:

@@ -36,7 +36,7 @@ from jaxris.data import inputs
 from jaxris.data.loader import make_dataset
 from jaxris.inference.export import export_model, recipe_of
 from jaxris.inference.overlays import write_examples
-from jaxris.losses import LOSSES
+from jaxris.losses import LOSSES, STRUCTURED_LOSSES
 from jaxris.models.functional import buffers, merge, split_params
 from jaxris.preemption import PreemptionWatch
 from jaxris.sharding import global_batch, logical_axes, make_mesh, plan, replicated, state_shardings
@@ -45,7 +45,8 @@ from jaxris.sharding import global_batch, logical_axes, make_mesh, plan, replica
 def lr_schedule(opt, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
   """Learning rate per optimizer step, from optax: 'wcosine' (official DIT: linear warm-up from warmup_lr,
   then cosine to min_lr at the last step), 'step' (the DIT paper: x gamma at each milestone epoch after
-  the warm-up) or 'linear' (LISA/EVF-SAM's WarmupDecayLR: linear warm-up, then linear decay to min_lr).
+  the warm-up, or at each of ``milestone_steps`` optimizer steps) or 'linear' (LISA/EVF-SAM's WarmupDecayLR:
+  linear warm-up, then linear decay to min_lr).
   The warm-up lasts ``warmup_steps`` when > 0, else ``warmup_epochs`` epochs."""
   warmup = max(int(opt.warmup_steps or round(opt.warmup_epochs * steps_per_epoch)), 0)
   warm = optax.linear_schedule(opt.warmup_lr, opt.lr, max(warmup, 1))
@@ -54,8 +55,9 @@ def lr_schedule(opt, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     rest = optax.cosine_decay_schedule(opt.lr, after, alpha=opt.min_lr / opt.lr)
   elif opt.schedule == "step":
     # join_schedules counts the second schedule's steps from the warm-up's end.
-    rest = optax.piecewise_constant_schedule(opt.lr, {int(m * steps_per_epoch) - warmup: opt.gamma
-                                                      for m in opt.milestones})
+    bounds = {int(m * steps_per_epoch) - warmup: opt.gamma for m in opt.milestones}
+    bounds.update({int(m) - warmup: opt.gamma for m in opt.get("milestone_steps", ())})  # in optimizer steps
+    rest = optax.piecewise_constant_schedule(opt.lr, bounds)
   elif opt.schedule == "linear":
     rest = optax.linear_schedule(opt.lr, opt.min_lr, after)
   else:
@@ -111,13 +113,19 @@ def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int
     logging.warning("sharding: not split as the rules ask (mesh %s):\n%s", dict(mesh.shape), param_plan.report())
   shardings = state_shardings(abstract, param_plan, mesh)
   state = jax.jit(init_state, out_shardings=shardings)(params) if materialize else None
-  loss_of = LOSSES[cfg.loss]
+  structured = cfg.loss in STRUCTURED_LOSSES  # a dict of outputs (the bridge) against the whole batch
+  loss_of = STRUCTURED_LOSSES[cfg.loss] if structured else LOSSES[cfg.loss]
+  loss_weights = dict(cfg.get("loss_weights", {}))
 
   def loss_fn(params, batch, key):
     # Frozen modules: no gradient is computed for them at all (XLA drops the dead branches).
     params = {k: jax.lax.stop_gradient(v) if is_frozen(k, cfg.freeze) else v for k, v in params.items()}
     model = merge(graphdef, params, rest)
-    logits = model(*(batch[k] for k in model.BATCH_INPUTS), rngs=nnx.Rngs(dropout=key))
+    inputs = [batch[k] for k in model.BATCH_INPUTS]
+    if structured:
+      outputs = model.train_outputs(*inputs, rngs=nnx.Rngs(dropout=key))
+      return loss_of(outputs, batch, jax.random.fold_in(key, 1), **loss_weights)
+    logits = model(*inputs, rngs=nnx.Rngs(dropout=key))
     return loss_of(logits.astype(jnp.float32), batch["mask"])
 
   def train_step(state, batch):
@@ -189,7 +197,13 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
 
   # --- Model, sharded state, update step.
   model, model_cfg, tokenizer = build.build(cfg.model, cfg.init, cfg.seed)
-  batch_keys = ("mask",) + type(model).BATCH_INPUTS
+  # The fields the loss reads (LOSS_INPUTS: the bridge's no-target flags, ...) and the model's inputs.
+  model_inputs = model.BATCH_INPUTS
+  batch_keys = tuple(dict.fromkeys(getattr(model, "LOSS_INPUTS", ("mask",)) + model_inputs))
+  oracle = bool(getattr(model_cfg, "oracle", False))
+  if oracle and is_main:
+    print(f"jaxris.train: ORACLE recipe: {cfg.name} reads the annotated category of every target (sparse_query="
+          "'gt_category'), at evaluation too; its numbers are not referring segmentation results", file=sys.stderr)
   graphdef, params, rest = split_params(model)
   del model
   trainer = create_trainer(cfg, graphdef, params, rest, mesh, steps_per_epoch, total_steps)
@@ -197,7 +211,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
   forward = ev.forward_fn(graphdef, rest)
   evaluate = lambda params, split, **kw: ev.evaluate_split(
       forward, params, inputs.eval_examples(cfg, split), preprocess, tokenizer, micro_batch, cfg.threshold, mesh,
-      model_inputs=batch_keys[1:], resize=cfg.eval_resize, desc=f"eval {split}", **kw)
+      model_inputs=model_inputs, resize=cfg.eval_resize, desc=f"eval {split}", **kw)
 
   # --- Checkpoint: resume from the newest one in workdir.
   checkpointer = ckpt.Checkpointer(workdir, cfg.keep_checkpoints)
@@ -271,13 +285,13 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
   results = {}
   for split in cfg.data.eval_splits:
     results[split] = evaluate(_eval_params(state), split, type_of=inputs.expression_type_of(cfg))
-    ev.write_result(workdir, split, results[split])
+    ev.write_result(workdir, split, results[split], oracle=oracle)
     _log(log, writer, {"step": total_micro, **{f"{split}/{k}": v for k, v in results[split].items()
                                                if k in ev.REPORTED}})
   if is_main:
     print(f"\nweights: {model_dir}\n")
     print(ev.format_report(results, f"{cfg.name} on {cfg.data.name}"))
-    if cfg.predict_examples and cfg.data.eval_splits:
+    if cfg.predict_examples and cfg.data.eval_splits and not oracle:  # an oracle cannot take free text
       paths = write_examples(model_dir, inputs.eval_examples(cfg, cfg.data.eval_splits[0])[:cfg.predict_examples],
                              os.path.join(workdir, "predictions"))
       print(f"\noverlays: {os.path.dirname(paths[0])}")

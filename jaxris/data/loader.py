@@ -23,7 +23,8 @@ the per-process batch size `batch_size // process_count`:
   pad_offset     int32 [B, 2]  (top, left) of the resized image inside the S x S input
   example_id     int32 [B]     index into `examples`; -1 for padding
   sentence_index int32 [B]     which of the example's sentences was used
-  no_target      bool [B]      the example's `no_target` flag (gRefCOCO)
+  no_target      bool [B]      the example's `no_target` flag (gRefCOCO, RefShapes' no-target splits)
+  category       int32 [B]     the example's first `category_ids` entry (COCO id; RefShapes kind), -1 if none
   _mask          bool [B]      False for the padding examples of evaluation batches
 
 `jaxris.metrics.restore_original(pred, batch)` undoes the resize and padding;
@@ -283,12 +284,13 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
       "example_id": (np.int32, ()),
       "sentence_index": (np.int32, ()),
       "no_target": (np.bool_, ()),
+      "category": (np.int32, ()),
       "_mask": (np.bool_, ()),
   }
   names = tuple(specs)
 
   def padding():  # Evaluation padding: zeros, example_id -1, _mask False.
-    return tuple(np.full(shape, -1 if k == "example_id" else 0, dtype)
+    return tuple(np.full(shape, -1 if k in ("example_id", "category") else 0, dtype)
                  for k, (dtype, shape) in specs.items())
 
   permutations, lock = {}, threading.Lock()
@@ -319,7 +321,8 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
       raise ValueError(f"Example {ex_index} ({ex.get('image_path', 'image array')}): {e}") from e
     out.update(tokenize(out.pop("text")))
     out.update(example_id=np.int32(ex_index), sentence_index=np.int32(sentence_index),
-               no_target=np.bool_(ex.get("no_target", False)), _mask=np.bool_(True))
+               no_target=np.bool_(ex.get("no_target", False)),
+               category=np.int32((ex.get("category_ids") or [-1])[0]), _mask=np.bool_(True))
     return tuple(np.asarray(out[k], dtype=specs[k][0]) for k in names)
 
   def tf_load(counter, position):

@@ -20,6 +20,9 @@ Recipes (`preprocess_config(recipe, **overrides)`; every field can be overridden
        in [0, 1], as ToTensor gives them to the official BCE loss.
   sam  segment_anything ResizeLongestSide(1024): sides int(x + 0.5), PIL bilinear; SAM's
        pixel mean/std on [0, 255]; zero padding at the bottom and right. No augmentation.
+  bridge  the SAM+CLIP bridge (hitachi-rd-cv/dfam refcoco_mapper): every image *stretched* to S x S
+       (PIL bilinear, aspect ratio not kept, no padding, no augmentation), SAM's mean/std on
+       [0, 255]; the model makes its CLIP view from this image.
   evf  hustvl/EVF-SAM utils/dataset.py: `sam` plus a second view `image_evf`, the whole
        image squashed to 224x224 by bicubic interpolation without antialiasing
        (torchvision Resize(..., interpolation=3, antialias=None) on a float tensor),
@@ -63,7 +66,7 @@ class PreprocessConfig:
   """How one example becomes model input. Defaults are the DIT recipe."""
   size: int = 512  # S: the square model input.
   train_sizes: tuple[int, ...] = (512, 480, 448, 416, 384, 352, 320)  # Longest side, training.
-  resize_rounding: str = "round"  # "round": Python round (DIT); "half_up": int(x + .5) (SAM).
+  resize_rounding: str = "round"  # "round": Python round (DIT); "half_up": int(x + .5) (SAM); "stretch": S x S.
   pad: str = "center"  # "center": DIT's round(d / 2 - 0.1) offsets; "bottom_right": SAM.
   pixel_divisor: float = 255.0  # Pixels are divided by this (ToTensor) before (x - mean) / std.
   mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -83,7 +86,7 @@ class PreprocessConfig:
   eval_strip_lower: bool = False  # EVF-SAM evaluates on sentence.strip().lower().
 
   def __post_init__(self):
-    _check_choice("resize_rounding", self.resize_rounding, ("round", "half_up"))
+    _check_choice("resize_rounding", self.resize_rounding, ("round", "half_up", "stretch"))
     _check_choice("pad", self.pad, ("center", "bottom_right"))
     _check_choice("mask_resample", self.mask_resample, ("bilinear", "nearest"))
     _check_choice("flip_swap", self.flip_swap, ("substring", "word", "none"))
@@ -110,6 +113,7 @@ RECIPES = {
     "dit": {},
     "sam": _SAM,
     "evf": dict(_SAM, evf_size=224, eval_strip_lower=True),
+    "bridge": dict(_SAM, resize_rounding="stretch"),
 }
 
 
@@ -178,7 +182,9 @@ def swap_left_right(text: str, mode: str = "substring") -> str:
 
 
 def _resized_shape(height, width, longest, rounding):
-  """(h, w) with the longest side `longest`, rounded as the recipe's official code does."""
+  """(h, w) with the longest side `longest`, rounded as the recipe's official code does (or stretched)."""
+  if rounding == "stretch":  # the bridge: detectron2's T.Resize((S, S))
+    return longest, longest
   if rounding == "round":  # DIT resize_according_to_long_side.
     ratio = float(longest / float(max(height, width)))
     new_h, new_w = round(height * ratio), round(width * ratio)

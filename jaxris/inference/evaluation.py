@@ -25,10 +25,12 @@ from jaxris.models.functional import merge
 from jaxris.sharding import BATCH, global_batch
 
 REPORTED = ("oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9")
+NO_TARGET = ("gIoU", "cIoU", "N-acc", "T-acc")  # gRefCOCO's, reported where the split has no-target expressions
 
 
 def forward_fn(graphdef, rest):
-  """jit(params, *inputs) -> logits, for flat parameter dicts; inputs as the model's BATCH_INPUTS."""
+  """jit(params, *inputs) -> logits (or, for a model with a no-target head, {"logits", "no_target" [B, 2]}),
+  for flat parameter dicts; inputs as the model's BATCH_INPUTS."""
   @jax.jit
   def forward(params, *inputs):
     return merge(graphdef, params, rest)(*inputs)
@@ -61,18 +63,28 @@ def evaluate_split(forward, params, examples, preprocess, tokenizer, batch_size:
   for batch in tqdm(ds.as_numpy_iterator(), total=num_batches, desc=desc, leave=False,
                     disable=jax.process_index() != 0):
     inputs = global_batch({k: batch[k] for k in model_inputs}, mesh)
-    logits = forward(params, *(inputs[k] for k in model_inputs))
-    local = np.asarray(multihost_utils.global_array_to_host_local_array(logits, mesh, P(BATCH)))
+    out = forward(params, *(inputs[k] for k in model_inputs))
+    to_host = lambda a: np.asarray(multihost_utils.global_array_to_host_local_array(a, mesh, P(BATCH)))
+    said_empty = None
+    if isinstance(out, dict):  # a no-target head (the bridge on gRefCOCO): argmax 1 = "no target"
+      said_empty = np.argmax(to_host(out["no_target"]), axis=-1) == 1
+      out = out["logits"]
+    local = to_host(out)
     if resize == "binary":
       # As DIT's test.py: the binary mask is resized to the original size, any value > 0 counts.
       restored = ris_metrics.restore_original((local > cut).astype(np.float32), batch)
     else:
       restored = [(r > cut).astype(np.float32) for r in ris_metrics.restore_original(local, batch)]
     gt = original_masks(examples, batch)
-    acc.update(restored, gt, valid=batch["_mask"])
+    flags = {}
+    if said_empty is not None:  # the head's answer decides; its "no target" empties the mask
+      restored = [np.zeros_like(r) if e else r for r, e in zip(restored, said_empty)]
+      flags = dict(no_target=batch["no_target"], pred_no_target=said_empty)
+    acc.update(restored, gt, valid=batch["_mask"], **flags)
     for i, (e, j, valid) in enumerate(zip(batch["example_id"], batch["sentence_index"], batch["_mask"])):
       if type_of and valid:
-        by_type[type_of(examples[int(e)]["sentences"][int(j)])].update([restored[i]], [gt[i]])
+        one = {k: v[i:i + 1] for k, v in flags.items()}
+        by_type[type_of(examples[int(e)]["sentences"][int(j)])].update([restored[i]], [gt[i]], **one)
   states = np.stack([acc.state()] + [m.state() for m in by_type.values()])
   total = multihost_utils.process_allgather(states).reshape(-1, *states.shape).sum(0)
   result = ris_metrics.RisMetrics.from_state(total[0]).result()
@@ -83,10 +95,11 @@ def evaluate_split(forward, params, examples, preprocess, tokenizer, batch_size:
 
 def format_table(results: dict[str, dict], title: str) -> str:
   """The papers' layout: one row per split, oIoU / mIoU / P@X columns."""
-  head = f"| {title} | " + " | ".join(REPORTED) + " |"
-  lines = [head, "|" + "---|" * (len(REPORTED) + 1)]
+  cols = REPORTED + (NO_TARGET if any("N-acc" in r for r in results.values()) else ())
+  head = f"| {title} | " + " | ".join(cols) + " |"
+  lines = [head, "|" + "---|" * (len(cols) + 1)]
   for split, r in results.items():
-    lines.append(f"| {split} | " + " | ".join(f"{r[k]:.2f}" for k in REPORTED) + " |")
+    lines.append(f"| {split} | " + " | ".join(f"{r[k]:.2f}" if k in r else "-" for k in cols) + " |")
   return "\n".join(lines)
 
 
@@ -132,10 +145,14 @@ def format_report(results: dict[str, dict], title: str) -> str:
   return report
 
 
-def write_result(workdir: str, split: str, result: dict) -> str:
+def write_result(workdir: str, split: str, result: dict, oracle: bool = False) -> str:
+  """DIR/eval_<split>.json: the reported metrics (+ N-acc/T-acc/gIoU/cIoU where the split has no-target
+  expressions, by_type where it has types); ``"oracle": true`` for a model that read ground truth."""
   path = os.path.join(workdir, f"eval_{split}.json")
   if jax.process_index() == 0:
-    out = {k: float(result[k]) for k in REPORTED}
+    out = {k: float(result[k]) for k in REPORTED + (NO_TARGET if "N-acc" in result else ())}
+    if oracle:
+      out["oracle"] = True
     if "by_type" in result:
       out["by_type"] = {t: {k: float(r[k]) for k in (*REPORTED, "count")} for t, r in result["by_type"].items()}
     with open(path, "w") as f:

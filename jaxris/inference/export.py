@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxris.build import fixed_length
 from jaxris.text.bert_tokenizer import BertTokenizer
+from jaxris.weights import bridge as bridge_weights
 from jaxris.weights import dit as dit_weights
 from jaxris.weights import evf_sam, store
 
@@ -74,8 +75,11 @@ def weights_family(directory: str) -> str | None:
 def load_trained(model_dir: str):
   """An export -> (model, tokenizer padding every text to the recipe's length): what evaluation batches need."""
   recipe = read_recipe(model_dir)
-  if weights_family(model_dir) == evf_sam.FAMILY:
+  family = weights_family(model_dir)
+  if family == evf_sam.FAMILY:
     model, tokenizer = evf_sam.load(model_dir)
+  elif family == bridge_weights.FAMILY:
+    model, tokenizer = bridge_weights.load(model_dir), BertTokenizer.from_pretrained_dir(model_dir)
   else:
     model, tokenizer = dit_weights.load(model_dir), BertTokenizer.from_pretrained_dir(model_dir)
   return model, fixed_length(tokenizer, recipe["max_tokens"])

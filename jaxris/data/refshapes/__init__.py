@@ -16,6 +16,8 @@ Splits (mirroring RefCOCO's testA/testB naming in spirit: RefCOCO's testA holds
 people, testB other objects; here testA is the training distribution made harder and
 testB is a compositional split)
   train, val  same distribution, different random streams.
+  <split>_nt  opt-in no-target variants of each split (render.py): a share of the expressions
+              names a (colour, kind) that is not drawn; the mask is empty, `no_target` True.
   testA       same colours/kinds as train, `testA_extra_shapes` more shapes per image
               (more distractors, more crowding).
   testB       the target's (colour, kind) is always one of `HELD_OUT`, six of the 30
@@ -37,10 +39,10 @@ description (kinds, colours, sizes, centres) for inspection and tests.
 """
 
 from jaxris.data.refshapes.language import EXPRESSION_TYPES, expression_type
-from jaxris.data.refshapes.render import contact_sheet, example, examples, shape_mask
+from jaxris.data.refshapes.render import NO_TARGET_SPLITS, contact_sheet, example, examples, shape_mask
 from jaxris.data.refshapes.scene import (COLOURS, HELD_OUT, KINDS, SPLITS, RefShapesConfig, Scene,
                                          Shape, scene, split_size)
 
 __all__ = ["RefShapesConfig", "Shape", "Scene", "SPLITS", "KINDS", "COLOURS", "HELD_OUT",
-           "split_size", "scene", "example", "examples", "shape_mask", "contact_sheet", "EXPRESSION_TYPES",
+           "NO_TARGET_SPLITS", "split_size", "scene", "example", "examples", "shape_mask", "contact_sheet", "EXPRESSION_TYPES",
            "expression_type"]

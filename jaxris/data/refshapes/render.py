@@ -10,6 +10,13 @@ Examples have the RefCOCO reader's format: `image` uint8 HxWx3, `mask` uint8 HxW
 `sentences` list of str, `ref_id` and `image_id` (split code * 10**7 + index, unique across
 splits), `bbox` [x, y, w, h] of the mask in pixels, `category_ids` [kind index into KINDS],
 `ann_ids` [index of the target in the scene's shape list].
+
+No-target splits (opt-in, for models with a no-target head; `NO_TARGET_SPLITS`): example i of
+"<split>_nt" is example i of <split> (same image, same expressions), except that a fraction
+`RefShapesConfig.no_target_fraction` of them become no-target examples: the expression names a
+(colour, kind) that is not drawn ("the purple star" where there is none), the mask is empty,
+`no_target` is True, `category_ids` and `ann_ids` are empty and `bbox` is zeros. The choice and
+the wording come from a third random stream of the base example, so the base splits are unchanged.
 """
 
 import colorsys
@@ -19,8 +26,11 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from jaxris.data.refshapes.scene import (BOUND, KINDS, OUTLINES, example_id, random_stream,
-                                         scene, split_size)
+from jaxris.data.refshapes.scene import (ALL_COMBOS, BOUND, KINDS, OUTLINES, SEEN, SPLITS, example_id,
+                                         random_stream, scene, split_size)
+
+NO_TARGET_SUFFIX = "_nt"
+NO_TARGET_SPLITS = tuple(s + NO_TARGET_SUFFIX for s in SPLITS)
 
 # Hue (degrees) of each colour name; wide gaps so the jitter below never crosses a name.
 _HUES = {"red": 0.0, "orange": 28.0, "yellow": 56.0, "green": 125.0, "blue": 220.0,
@@ -110,8 +120,24 @@ def _bbox(mask):
           float(ys.max() - ys.min() + 1)]
 
 
+def _no_target(config, split, index, ex):
+  """Example `index` of "<split>_nt" from the base example `ex` (see the module docstring)."""
+  rng = random_stream(config, split, index, stream=2)
+  if rng.random() >= config.no_target_fraction:
+    return dict(ex, no_target=False)
+  drawn = {(s.colour, s.kind) for s in scene(config, split, index).shapes}
+  named = ALL_COMBOS if split == "testB" else SEEN  # testB's held-out pairs stay unseen elsewhere, in words too
+  absent = [ck for ck in named if ck not in drawn]
+  colour, kind = absent[int(rng.integers(len(absent)))]
+  return dict(ex, mask=np.zeros_like(ex["mask"]), sentences=[f"the {colour} {kind}"], bbox=[0.0, 0.0, 0.0, 0.0],
+              category_ids=[], ann_ids=[], no_target=True)
+
+
 def example(config, split, index):
   """Example `index` of `split` as a RefCOCO-style dict (see the module docstring)."""
+  if split.endswith(NO_TARGET_SUFFIX) and split[:-len(NO_TARGET_SUFFIX)] in SPLITS:
+    base = split[:-len(NO_TARGET_SUFFIX)]
+    return _no_target(config, base, index, example(config, base, index))
   sc = scene(config, split, index)
   image, masks = _render(config, split, index, sc.shapes)
   mask = masks[sc.target]
@@ -130,7 +156,9 @@ def example(config, split, index):
 
 def examples(config, split, start=0, stop=None) -> Iterator[dict]:
   """Examples start..stop-1 of `split` (stop defaults to the split's size)."""
-  stop = split_size(config, split) if stop is None else stop
+  if stop is None:
+    base = split[:-len(NO_TARGET_SUFFIX)] if split in NO_TARGET_SPLITS else split
+    stop = split_size(config, base)
   for index in range(start, stop):
     yield example(config, split, index)
 

@@ -99,6 +99,7 @@ class RefShapesConfig:
   distractor_prob: float = 0.9   # chance of forcing 1-2 same-kind/same-colour distractors
   big_prob: float = 0.4          # chance that a shape is "big"
   margin: float = 0.07           # positions must differ by this fraction of image_size
+  no_target_fraction: float = 0.3  # "<split>_nt" splits only: share of no-target expressions
 
   def __post_init__(self):
     problems = [msg for bad, msg in (

@@ -119,6 +119,7 @@ class BridgeConfig:
 
 class BridgeSam(nnx.Module):
   BATCH_INPUTS = ("image", "input_ids", "attention_mask")  # + "category" for the gt_category oracle
+  LOSS_INPUTS = ("mask", "no_target", "category")          # batch fields jaxris.losses.bridge reads
 
   def __init__(self, cfg: BridgeConfig, *, rngs: nnx.Rngs, dtype=None):
     self.cfg = cfg
