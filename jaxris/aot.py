@@ -176,9 +176,11 @@ class _Memory:  # memory_analysis()'s fields, rebuilt when the compiler refuses 
 
 def lower_for_tpu(step, *args):
   """`step` lowered as it runs on a TPU: this host's backend is the CPU, so the attention path
-  that jaxris.ops.attention would pick here (the CPU kernel) is overridden by the accelerator's."""
+  that jaxris.ops.attention would pick here (the CPU kernel) is overridden by the TPU's (Pallas
+  flash attention for long sequences; JAXRIS_ATTENTION=xla|pallas chooses another)."""
   from jaxris.ops import attention
-  with attention.use("xla"):
+  chosen = os.environ.get("JAXRIS_ATTENTION", "auto").strip().lower()
+  with attention.use(chosen if chosen in ("xla", "pallas") else "pallas"):
     return step.lower(*args)
 
 

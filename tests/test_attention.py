@@ -144,6 +144,30 @@ def test_aot_lowers_on_the_accelerator_path(monkeypatch):
   assert traced, "jaxris.aot lowered the CPU attention kernel"
 
 
+def test_pallas_flash_attention_compiles_for_a_tpu_on_a_mesh():
+  # The TPU path: Pallas flash attention per device under shard_map (batch over data x fsdp, heads
+  # over tensor), 1044 tokens (DIT's 20 + 32x32) padded to 128-blocks, head features to 128.
+  # Compiled by libtpu for a v5e:2x2 on this CPU host; its numbers need a TPU and are not checked.
+  pytest.importorskip("libtpu")
+  from jax.experimental import topologies
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+  import jaxris.aot  # noqa: F401  (libtpu's environment for a host without TPUs)
+  devices = np.asarray(topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices)
+  mesh = Mesh(devices.reshape(2, 1, 2), ("data", "fsdp", "tensor"))
+  spec = jax.ShapeDtypeStruct((4, 1044, 4, 64), jnp.bfloat16, sharding=NamedSharding(mesh, P("data", None, "tensor")))
+  r = jax.ShapeDtypeStruct((32, 32, 64), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+
+  def loss(q, k, v, r_h, r_w):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      out = attention(q, k, v, scale=0.125, rel_pos=RelPos(r_h, r_w, 20), impl="pallas")
+    return jnp.sum(out.astype(jnp.float32) ** 2)
+  with jax.default_matmul_precision("default"):  # bf16 kernels (this file sets "highest")
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).lower(spec, spec, spec, r, r).compile().as_text()
+  assert "flash_mha_bwd_dq" in hlo and "flash_mha_bwd_dkv" in hlo
+  assert "all-gather" not in hlo  # each device attends over its own rows and heads
+
+
 # --- Whole models on the accelerator path against their official PyTorch modules.
 
 @pytest.fixture

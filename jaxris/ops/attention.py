@@ -11,8 +11,10 @@ cross-attention) calls this one function. Two paths compute the same softmax(sca
   queries, each step's logits within ``_STEP_LOGITS``), heads-major so that XLA's CPU dots take
   their operands without copies; short ones are one einsum softmax, normalised after the second
   dot. On an accelerator the steps would serialise attention into tiny kernels.
-* ``xla``: ``jax.nn.dot_product_attention`` (implementation None: XLA's fused attention on TPU
-  and GPU; ``JAXRIS_ATTENTION=cudnn`` asks for cuDNN's flash attention on GPU). The decomposed
+* ``xla``: ``jax.nn.dot_product_attention`` (implementation None: XLA's attention, the default on
+  GPU; ``cudnn`` asks for cuDNN's flash attention). ``pallas`` (the default on TPU): Pallas' TPU
+  flash attention for sequences of 512 tokens or more without bias or mask (DIT's and SAM's
+  global blocks), run per device under shard_map; XLA's attention for the rest. The decomposed
   relative-position term of SAM's ViT is folded into the dot product instead of a bias, exactly:
   rel_h[q, kh] + rel_w[q, kw] = [rel_h[q], rel_w[q]] . [onehot(kh), onehot(kw)], so each query gets
   gh + gw extra features and each image key the matching one-hots (prefix tokens get zeros), and no
@@ -20,15 +22,16 @@ cross-attention) calls this one function. Two paths compute the same softmax(sca
   pass). Attention-weight dropout (BERT and the DIT cross-attention in training) has no place in
   dot_product_attention: then both paths run the einsum softmax.
 
-The path is ``auto`` by default: ``cpu`` when ``jax.default_backend()`` is the CPU, else ``xla``.
-``JAXRIS_ATTENTION=cpu|xla|cudnn|auto`` or ``with attention.use("xla"):`` override it (the context
-manager wins); ``jaxris.aot`` forces ``xla``, since it compiles for TPUs on a CPU host. The path is
-read when a function is traced: a jitted function keeps the path it was traced with.
+The path is ``auto`` by default: ``cpu`` on the CPU backend, ``pallas`` on TPU, ``xla`` on GPU.
+``JAXRIS_ATTENTION=cpu|xla|cudnn|pallas|auto`` or ``with attention.use("xla"):`` override it (the
+context manager wins); ``jaxris.aot`` forces the TPU's choice, since it compiles for TPUs on a CPU
+host. The path is read when a function is traced: a jitted function keeps the path it was traced with.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Callable, NamedTuple
 
@@ -36,7 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PATHS = ("cpu", "xla", "cudnn")
+PATHS = ("cpu", "xla", "cudnn", "pallas")
+_AUTO = {"cpu": "cpu", "tpu": "pallas"}  # backend -> path; any other (GPU): xla
 _forced: list[str] = []
 
 
@@ -46,7 +50,7 @@ def path() -> str:
     return _forced[-1]
   env = os.environ.get("JAXRIS_ATTENTION", "auto").strip().lower() or "auto"
   if env == "auto":
-    return "cpu" if jax.default_backend() == "cpu" else "xla"
+    return _AUTO.get(jax.default_backend(), "xla")
   if env not in PATHS:
     raise ValueError(f"JAXRIS_ATTENTION={env!r}: expected one of auto, {', '.join(PATHS)}")
   return env
@@ -56,7 +60,7 @@ def path() -> str:
 def use(name: str):
   """``with use("xla"):`` traces attention on that path (tests force the accelerator path on CPU)."""
   if name == "auto":
-    name = "cpu" if jax.default_backend() == "cpu" else "xla"
+    name = _AUTO.get(jax.default_backend(), "xla")
   if name not in PATHS:
     raise ValueError(f"unknown attention path {name!r}: expected auto or one of {PATHS}")
   _forced.append(name)
@@ -108,9 +112,54 @@ def attention(q, k, v, *, scale: float, bias=None, key_mask=None, rel_pos: RelPo
     pad = lambda t: jnp.pad(t, ((0, 0),) * 3 + ((0, width - t.shape[-1]),))
     out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), bias, mask, scale=scale, implementation="cudnn")
     return out[..., :dv]
+  if impl == "pallas" and bias is None and mask is None and q.shape[1] >= _PALLAS_MIN_TOKENS:
+    return _sharded_over_batch(functools.partial(_pallas_tpu_attention, scale=scale), q, k, v)
   if q.shape[-1] != dv:  # dot_product_attention wants one head size: its XLA formula, written out
     return _xla_core(q, k, v, scale, bias, mask)
   return jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale)
+
+
+# Shorter sequences (SAM's 14x14 windows, BERT's 20 tokens) have small logits, and padding them to
+# 128-token blocks would cost more than it saves: they take XLA's attention.
+_PALLAS_MIN_TOKENS = 512
+
+
+def _sharded_over_batch(f, q, k, v):
+  """f(q, k, v) per device when a mesh is set: a Pallas kernel is opaque to XLA's partitioner,
+  which would gather its operands onto every device; under shard_map each device runs it on its
+  own batch rows (and heads, where activations are split over the `tensor` axis)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return f(q, k, v)
+  size = lambda names: int(np.prod([mesh.shape[a] for a in names]))
+  batch = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+  heads = "tensor" if "tensor" in mesh.axis_names and q.shape[2] % mesh.shape["tensor"] == 0 else None
+  if batch and q.shape[0] % size(batch):
+    batch = ()
+  spec = jax.sharding.PartitionSpec(batch or None, None, heads, None)
+  return jax.shard_map(f, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+
+
+def _pallas_tpu_attention(q, k, v, scale):
+  """Pallas' TPU flash attention (jax.experimental.pallas.ops.tpu.flash_attention): the [T, S]
+  logits stay in VMEM, forward and backward. Tokens are padded to whole 128-blocks (padding keys
+  in their own segment, so no real query sees them) and head features to a multiple of 128."""
+  from jax.experimental.pallas.ops.tpu import flash_attention as fa
+  b, t, n, d = q.shape
+  s, dv = k.shape[1], v.shape[-1]
+  up = lambda x: -(-x // 128) * 128
+  width, tp, sp = up(max(d, dv)), up(t), up(s)
+
+  def prep(x, length):
+    x = jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, width - x.shape[-1])))
+    return x.transpose(0, 2, 1, 3)  # [B, N, T, D]
+  segments = None
+  if tp != t or sp != s:
+    seg = lambda length, real: jnp.broadcast_to((jnp.arange(length) >= real).astype(jnp.int32), (b, length))
+    segments = fa.SegmentIds(q=seg(tp, t), kv=seg(sp, s))
+  # (Mosaic refuses jax_default_matmul_precision="highest" with bf16 operands, forward and backward.)
+  out = fa.flash_attention(prep(q, tp), prep(k, sp), prep(v, sp), segment_ids=segments, sm_scale=scale)
+  return out.transpose(0, 2, 1, 3)[:, :t, :, :dv]
 
 
 def _xla_core(q, k, v, scale, bias, mask):
