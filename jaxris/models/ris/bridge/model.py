@@ -44,7 +44,7 @@ import numpy as np
 from flax import nnx
 
 from jaxris.models.bert import BertConfig, BertModel
-from jaxris.models.clip import CLIPVisionConfig, CLIPVisionModel
+from jaxris.models.clip import PRESETS, CLIPVisionConfig, CLIPVisionModel
 from jaxris.models.ris.bridge.dfam import Dfam
 from jaxris.models.ris.bridge.pixel_decoder import PixelDecoder
 from jaxris.models.ris.bridge.pwam import MMLayer
@@ -61,8 +61,7 @@ __all__ = ["BridgeConfig", "BridgeSam", "CLIP_L14_336", "SPARSE_QUERIES", "CLIP_
 SPARSE_QUERIES = ("bert_cls", "gt_category")  # gt_category: an ORACLE (reads the annotated category)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-CLIP_L14_336 = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                num_attention_heads=16, image_size=336, patch_size=14)
+CLIP_L14_336 = PRESETS["vit_l_14_336"].vision
 
 
 @dataclasses.dataclass(frozen=True)
