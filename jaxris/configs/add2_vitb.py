@@ -41,8 +41,9 @@ def get_config(arg=None):
   common.run_settings(c)
 
   if a.refshapes:
-    # CPU-sized variant on the built-in RefShapes data, trained from scratch in minutes: the small SAM
-    # of common.cpu_sam (random init), the real all-MiniLM-L6-v2 frozen as text encoder, 700 steps of
-    # batch 16 at lr 1e-3, BCE + Dice, no EMA (every changed field is in common.dit_on_refshapes).
+    # CPU-sized variant on the built-in RefShapes data, trained in minutes: the small SAM of
+    # common.cpu_sam (random image encoder; prompt encoder and mask decoder from MobileSAM's real SAM
+    # decoder), the real all-MiniLM-L6-v2 frozen as text encoder, 700 steps of batch 16 at lr 1e-3,
+    # BCE + Dice, no EMA (every changed field is in common.dit_on_refshapes).
     common.dit_on_refshapes(c, freeze=a.freeze, steps=a.steps)
   return c
