@@ -1,4 +1,5 @@
-"""DIT-SAM's Table 1 (+ Table 2/4 rows, and EVF-SAM next to them) on the built-in RefShapes data, same budget per row.
+"""DIT-SAM's Table 1 (+ Table 2/4 rows, EVF-SAM and the SAM+CLIP bridge next to them) on the built-in RefShapes
+data, same budget per row.
 
   python benchmarks/refshapes_table1.py                         # every row, 300 steps each
   python benchmarks/refshapes_table1.py --rows ldit edit --steps 700
@@ -16,6 +17,11 @@ and the decoder make of fixed random features, not what a frozen pretrained SAM 
 
 The paper reports L-DIT > E-DIT > Add layers > Default on RefCOCO. The table prints whatever
 this budget measures.
+
+The bridge rows (configs/bridge_vitb.py:refshapes) add a random 4-block CLIP at a 12x12 grid beside
+the same small SAM, and train DFAM's set losses with the SAM loss. "bridge + no-target" trains and
+evaluates on the no-target variants of the splits (val_nt, testA_nt, testB_nt: a share of the
+expressions names a shape that is not drawn) with the no-target head, and adds N-acc / T-acc.
 """
 
 from __future__ import annotations
@@ -45,13 +51,20 @@ ROWS = {
     "crossatt": ("CrossAtt (Table 4)", "crossatt_vitb", ""),
     "crossatt_ffn": ("CrossAtt+FFN (Table 4)", "crossatt_ffn_vitb", ""),
     "evf": ("EVF-SAM (early fusion)", "evf_sam_vith", ""),
+    "bridge": ("SAM+CLIP bridge (BERT [CLS] query)", "bridge_vitb", ""),
+    "bridge_nt": ("SAM+CLIP bridge + no-target head (*_nt splits)", "bridge_vitb", "no_target=1"),
 }
 SPLITS = ("val", "testA", "testB")
 
 
+def splits_of(name: str) -> tuple[str, ...]:
+  """The row's evaluation splits: the no-target rows read the *_nt variants."""
+  return tuple(f"{s}_nt" for s in SPLITS) if "no_target" in ROWS[name][2] else SPLITS
+
+
 def run_row(name: str, workdir: str, steps: int, seed: int) -> float:
   """Trains and evaluates one row (unless done); returns the wall time in seconds (0 if cached)."""
-  if all(os.path.isfile(os.path.join(workdir, f"eval_{s}.json")) for s in SPLITS):
+  if all(os.path.isfile(os.path.join(workdir, f"eval_{s}.json")) for s in splits_of(name)):
     return 0.0
   _, recipe, extra = ROWS[name]
   arg = ",".join(filter(None, ["refshapes", f"steps={steps}", extra]))
@@ -79,15 +92,18 @@ def main() -> None:
   for name in args.rows:
     workdir = os.path.join(args.dir, f"{name}_{args.steps}steps_seed{args.seed}")
     run_row(name, workdir, args.steps, args.seed)
-    results[name] = {s: json.load(open(os.path.join(workdir, f"eval_{s}.json"))) for s in SPLITS}
+    results[name] = {s: json.load(open(os.path.join(workdir, f"eval_{r}.json")))
+                     for s, r in zip(SPLITS, splits_of(name))}
     wall = os.path.join(workdir, "wall_seconds.json")
     results[name]["minutes"] = json.load(open(wall))["seconds"] / 60 if os.path.isfile(wall) else float("nan")
 
   print(f"\nRefShapes, {args.steps} steps x batch 16 per row, seed {args.seed}; oIoU / mIoU in percent "
         f"(P@0.5 in the last columns)\n")
-  headers = ["method"] + [f"{s} oIoU / mIoU" for s in SPLITS] + [f"{s} P@0.5" for s in SPLITS] + ["train+eval min"]
+  headers = (["method"] + [f"{s} oIoU / mIoU" for s in SPLITS] + [f"{s} P@0.5" for s in SPLITS]
+             + ["val N-acc / T-acc", "train+eval min"])
+  nt = lambda r: f"{r['val']['N-acc']:.1f} / {r['val']['T-acc']:.1f}" if "N-acc" in r["val"] else "-"
   rows = [[ROWS[n][0]] + [f"{r[s]['oIoU']:.2f} / {r[s]['mIoU']:.2f}" for s in SPLITS]
-          + [f"{r[s]['P@0.5']:.2f}" for s in SPLITS] + [f"{r['minutes']:.1f}"] for n, r in results.items()]
+          + [f"{r[s]['P@0.5']:.2f}" for s in SPLITS] + [nt(r), f"{r['minutes']:.1f}"] for n, r in results.items()]
   timing.print_table(headers, rows)
 
 

@@ -1,7 +1,8 @@
 """A recipe's ``model`` and ``init`` sections -> (model, typed model config, tokenizer).
 
 This is the one place where a recipe becomes a model. ``model.family`` picks it: "dit" (DIT-SAM's
-RisSam, every Table 1/2/4 row), "evf" (EVF-SAM) or "bridge" (the SAM+CLIP bridge, BridgeSam). ``init`` names the converted pretrained parts;
+RisSam, every Table 1/2/4 row), "evf" (EVF-SAM) or "bridge" (the SAM+CLIP bridge, BridgeSam).
+``init`` names the converted pretrained parts;
 ``check_init_paths`` fails within seconds, naming a missing path and the command that makes it.
 
 DIT ``init`` keys: sam (converted SAM, its image encoder becomes ``visual_encoder``), bert (a
@@ -48,7 +49,8 @@ from jaxris.weights import sam as sam_weights
 from jaxris.weights import store
 
 DTYPES = {"float32": None, "bfloat16": "bfloat16"}
-FAMILIES = {"dit": dit_weights.FAMILY, "evf": evf_weights.FAMILY, "bridge": bridge_weights.FAMILY}  # recipe family -> exported weights family
+# recipe family -> exported weights family
+FAMILIES = {"dit": dit_weights.FAMILY, "evf": evf_weights.FAMILY, "bridge": bridge_weights.FAMILY}
 
 
 def family(model_cfg) -> str:

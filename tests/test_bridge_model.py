@@ -87,8 +87,8 @@ def test_full_size_parameter_counts():
       full.sam.encoder, depth=1, global_attn_indexes=())), clip=dataclasses.replace(full.clip, num_hidden_layers=1),
       no_target_head=True)
   model = nnx.eval_shape(lambda: BridgeSam(cfg, rngs=nnx.Rngs(0)))
-  counts = {name: _count(getattr(model, name)) for name in ("adaptor_clip", "backbone_clip", "backbone_sam",
-                                                            "pixel_decoder", "dfam", "txt2txt", "lang_mlp", "clip_mlpl")}
+  names = ("adaptor_clip", "backbone_clip", "backbone_sam", "pixel_decoder", "dfam", "txt2txt", "lang_mlp", "clip_mlpl")
+  counts = {name: _count(getattr(model, name)) for name in names}
   assert counts == {"adaptor_clip": 787_968, "backbone_clip": 16_557_184, "backbone_sam": 1_969_152,
                     "pixel_decoder": 7_414_208, "dfam": 6_899_970 + 66_306, "txt2txt": 789_760,
                     "lang_mlp": 196_864, "clip_mlpl": 196_864}

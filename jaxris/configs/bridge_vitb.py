@@ -108,7 +108,7 @@ def get_config(arg=None):
     c.data.preprocess = "bridge"
     if a.no_target:
       c.data.train_split = "train_nt"
-      c.data.eval_splits = ("val_nt", "testA_nt")
+      c.data.eval_splits = ("val_nt", "testA_nt", "testB_nt")
     c.batch_size = 16
     c.steps = a.steps or 700
     c.optimizer.lr = 3e-4

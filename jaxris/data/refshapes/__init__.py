@@ -43,6 +43,6 @@ from jaxris.data.refshapes.render import NO_TARGET_SPLITS, contact_sheet, exampl
 from jaxris.data.refshapes.scene import (COLOURS, HELD_OUT, KINDS, SPLITS, RefShapesConfig, Scene,
                                          Shape, scene, split_size)
 
-__all__ = ["RefShapesConfig", "Shape", "Scene", "SPLITS", "KINDS", "COLOURS", "HELD_OUT",
-           "NO_TARGET_SPLITS", "split_size", "scene", "example", "examples", "shape_mask", "contact_sheet", "EXPRESSION_TYPES",
+__all__ = ["RefShapesConfig", "Shape", "Scene", "SPLITS", "NO_TARGET_SPLITS", "KINDS", "COLOURS", "HELD_OUT",
+           "split_size", "scene", "example", "examples", "shape_mask", "contact_sheet", "EXPRESSION_TYPES",
            "expression_type"]
