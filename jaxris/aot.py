@@ -129,8 +129,10 @@ def _transformer_flops(tokens: int, width: int, mlp: int, layers: int, attn_toke
   return layers * (2 * tokens * (4 * width * width + 2 * width * mlp) + 4 * tokens * keys * width)
 
 
-def _vit_flops(enc, slots: int, windowed: bool) -> float:
-  grid = enc.img_size // enc.patch_size
+def _vit_flops(enc, image_size: int, slots: int, windowed: bool) -> float:
+  """One forward of the ViT on `image_size` pixels (DIT runs SAM's 1024-px encoder at 512: its
+  config's img_size is the checkpoint's, not the input's)."""
+  grid = image_size // enc.patch_size
   d, m = enc.embed_dim, int(enc.embed_dim * enc.mlp_ratio)
   flops = 2 * grid * grid * enc.patch_size ** 2 * enc.in_chans * d  # patch embedding
   n_global = len(enc.global_attn_indexes) if windowed else enc.depth
@@ -155,12 +157,12 @@ def model_flops(cfg, model, micro_batch: int) -> float:
     bert_layers = b.num_hidden_layers if mc.bert_layer < 0 else mc.bert_layer  # later layers are dead code
     text = _transformer_flops(cfg.model.max_tokens, b.hidden_size, b.intermediate_size, bert_layers)
     slots = 0 if mc.scheme == "default" else 20
-    image = _vit_flops(mc.sam.encoder, slots, windowed=False)  # DIT: global attention in every block
+    image = _vit_flops(mc.sam.encoder, cfg.data.image_size, slots, windowed=False)  # DIT: global attention everywhere
     return micro_batch * (factor("lang_encoder") * text + factor("visual_encoder") * image)
   be = mc.beit3
   tokens = (cfg.data.evf_size // be.patch_size) ** 2 + 1 + cfg.model.max_tokens
   beit3 = _transformer_flops(tokens, be.encoder_embed_dim, be.encoder_ffn_embed_dim, be.encoder_layers)
-  image = _vit_flops(mc.sam.encoder, 0, windowed=True)
+  image = _vit_flops(mc.sam.encoder, cfg.data.image_size, 0, windowed=True)
   return micro_batch * (factor("mm_extractor") * beit3 + factor("visual_model.image_encoder") * image)
 
 
@@ -179,9 +181,13 @@ def lower_for_tpu(step, *args):
   that jaxris.ops.attention would pick here (the CPU kernel) is overridden by the TPU's (Pallas
   flash attention for long sequences; JAXRIS_ATTENTION=xla|pallas chooses another)."""
   from jaxris.ops import attention
-  chosen = os.environ.get("JAXRIS_ATTENTION", "auto").strip().lower()
-  with attention.use(chosen if chosen in ("xla", "pallas") else "pallas"):
+  with attention.use(tpu_attention_path()):
     return step.lower(*args)
+
+
+def tpu_attention_path() -> str:
+  chosen = os.environ.get("JAXRIS_ATTENTION", "auto").strip().lower()
+  return chosen if chosen in ("xla", "pallas") else "pallas"
 
 
 def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
@@ -256,6 +262,7 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
       "topology": topology, "chips": chips, "mesh": list(mesh_shape), "global_batch": micro_batch,
       "grad_accum": cfg.grad_accum, "dtype": cfg.model.dtype,
       "remat": bool(cfg.model.remat) if "remat" in cfg.model else False,  # EVF: no remat (its ViT is frozen)
+      "attention": tpu_attention_path(),
       "per_chip_bytes": int(per_chip), "hbm_bytes": int(hbm), "fits": bool(per_chip <= hbm) and refused is None,
       "memory": {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
                  "temporaries": int(mem.temp_size_in_bytes), "aliased": int(mem.alias_size_in_bytes)},
@@ -277,6 +284,7 @@ def format_table(r: dict) -> str:
       ("mesh (data, fsdp, tensor)", str(tuple(r["mesh"]))),
       ("global batch", f"{r['global_batch']}" + (f" x {r['grad_accum']} accumulated" if r["grad_accum"] > 1 else "")),
       ("dtype / remat", f"{r['dtype']} / {r['remat']}"),
+      ("attention (long sequences)", r["attention"]),
       ("per-chip memory", f"{gib(r['per_chip_bytes'])} of {gib(r['hbm_bytes'])} HBM: "
                           + ("fits" if r["fits"] else "DOES NOT FIT")
                           + (" (the TPU compiler refused it; temporaries from its message)"
