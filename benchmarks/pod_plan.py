@@ -64,8 +64,8 @@ def run_row(row, timeout: float) -> dict:
 
 NOTE = ("Compiler estimates (XLA's memory_analysis / cost_analysis for the TPU, compiled on a CPU host with "
         "libtpu), not measured runs. MFU = analytic model FLOPs / (estimated step time x chips x peak bf16 "
-        "FLOP/s); the step time is the roofline of XLA's per-chip FLOPs and HBM bytes where its cost model "
-        "gives no time, communication not included.")
+        "FLOP/s); the step time is XLA's TPU cost model's (optimal_seconds) where it gives one, else the roofline "
+        "of XLA's per-chip FLOPs and HBM bytes; communication not included.")
 
 
 def table(rows, results: dict) -> str:
@@ -75,13 +75,15 @@ def table(rows, results: dict) -> str:
   for i, row in enumerate(rows):
     what, _, topology, mesh, _ = row
     r = results.get(str(i))
-    cmd = "`" + shlex.join(command(row)) + "`"
+    env = "JAXRIS_ATTENTION=xla " if r is not None and r.get("attention") == "xla" else ""
+    cmd = "`" + env + shlex.join(command(row)) + "`"
     if r is None or "error" in r:
       note = "not run" if r is None else f"failed: {r['error']}"
       lines.append(f"| {what} | {topology} | {mesh} | | | {note} | | | | {cmd} |")
       continue
     pod = f"{topology} ({r['chips']} chips)"
-    mfu = "n/a" if r["estimated_mfu"] is None else f"{100 * r['estimated_mfu']:.0f}%"
+    source = {"xla optimal_seconds": "cost model", "roofline of xla flops/bytes": "roofline"}.get(r["step_time_source"], "")
+    mfu = "n/a" if r["estimated_mfu"] is None else f"{100 * r['estimated_mfu']:.0f}% ({source})"
     ips = "n/a" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"
     lines.append(f"| {what} | {pod} | {tuple(r['mesh'])} | {r['dtype']} / {r['remat']} | {r.get('attention', 'xla')} | "
                  f"{gib(r['per_chip_bytes'])} of {gib(r['hbm_bytes'])} | {'yes' if r['fits'] else 'NO'} | "
