@@ -14,7 +14,8 @@ gives the median images/s of each and their ratio.
 
 The breakdown (this tree only) times, per batch of 16: the input pipeline alone (tf.data, scenes
 rendered and tokenised), the host-to-device copy, the forward pass, forward + backward, and the whole
-update step (optimizer = step - forward/backward), each jitted alone, medians over rounds.
+update step (optimizer = step - forward/backward), each jitted alone, called in turn in every round,
+medians over rounds.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from jaxris.train import create_trainer
 import importlib.util
 
 path, _, arg = sys.argv[1].partition(":")
-spec = importlib.util.spec_from_file_location("recipe", resolve_config_path(path))
+spec = importlib.util.spec_from_file_location("recipe", resolve_config_path(["--config", path])[1])
 recipe = importlib.util.module_from_spec(spec); spec.loader.exec_module(recipe)
 cfg = recipe.get_config(arg or None)
 model, _, tokenizer = build.build(cfg.model, cfg.init, cfg.seed)
@@ -148,7 +149,7 @@ def breakdown(config: str, rounds: int) -> None:
   from jaxris.train import create_trainer, is_frozen
 
   path, _, arg = config.partition(":")
-  spec = importlib.util.spec_from_file_location("recipe", resolve_config_path(path))
+  spec = importlib.util.spec_from_file_location("recipe", resolve_config_path(["--config", path])[1])
   recipe = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(recipe)
   cfg = recipe.get_config(arg or None)
@@ -180,15 +181,23 @@ def breakdown(config: str, rounds: int) -> None:
   key = jax.random.key(0)
   fwd = jax.jit(loss_fn)
   fwd_bwd = jax.jit(jax.value_and_grad(loss_fn))
-  p = trainer.state["params"]
-  fwd_s = timing.median_seconds(lambda: jax.block_until_ready(fwd(p, batch, key)), rounds * 3, warmup=2)
-  fwd_bwd_s = timing.median_seconds(lambda: jax.block_until_ready(fwd_bwd(p, batch, key)), rounds * 3, warmup=2)
   holder = {"state": trainer.state}
 
   def step():
     holder["state"], m = trainer.step(holder["state"], batch)
     jax.block_until_ready(m)
-  step_s = timing.median_seconds(step, rounds * 3, warmup=2)
+  parts = {"forward": lambda: jax.block_until_ready(fwd(holder["state"]["params"], batch, key)),
+           "forward + backward": lambda: jax.block_until_ready(fwd_bwd(holder["state"]["params"], batch, key)),
+           "step": step}
+  # Interleaved (one call of each per round) so that load from other jobs hits every part alike.
+  times = {name: [] for name in parts}
+  for r in range(2 + rounds * 3):
+    for name, f in parts.items():
+      t0 = time.perf_counter()
+      f()
+      if r >= 2:  # the first two rounds compile and warm up
+        times[name].append(time.perf_counter() - t0)
+  fwd_s, fwd_bwd_s, step_s = (statistics.median(times[n]) for n in parts)
   rows = [["input pipeline (tf.data, alone)", input_s], ["host -> device", h2d], ["forward", fwd_s],
           ["backward", fwd_bwd_s - fwd_s], ["optimizer (+ EMA, guard)", step_s - fwd_bwd_s],
           ["update step (forward + backward + optimizer)", step_s]]
