@@ -27,6 +27,7 @@ import dataclasses
 import os
 import tempfile
 
+import numpy as np
 from flax import nnx
 
 from jaxris.models.beit3 import BEiT3Config
@@ -206,6 +207,7 @@ def _build_dit(model_cfg, init_cfg, seed):
   cfg = dit_config(model_cfg, bert_model.config)
   model = RisSam(cfg, rngs=nnx.Rngs(seed), dtype=DTYPES[model_cfg.dtype])
   updates = {f"lang_encoder.{k}": v for k, v in flat_params(bert_model).items()}
+  updates.update(position_init(model_cfg, init_cfg, "visual_encoder.pos_embed", cfg.sam.encoder))
   if init_cfg.sam:
     _, sam_params = store.load(init_cfg.sam, sam_weights.FAMILY)
     updates.update({k.replace("image_encoder.", "visual_encoder.", 1): v for k, v in sam_params.items()})
@@ -226,7 +228,7 @@ def _build_evf(model_cfg, init_cfg, seed):
     tokenizer = XlmrTokenizer(init_cfg.tokenizer, max_length=model_cfg.max_tokens, pad_to_max_length=True)
   cfg = evf_config(model_cfg, vocab_size=tokenizer.vocab_size if init_cfg.tokenizer == "minilm" else None)
   model = EvfSam(cfg, rngs=nnx.Rngs(seed), dtype=dtype)
-  updates = {}
+  updates = position_init(model_cfg, init_cfg, "visual_model.image_encoder.pos_embed", cfg.sam.encoder)
   if init_cfg.sam:
     _, sam_params = store.load(init_cfg.sam, sam_weights.FAMILY)
     updates.update({f"visual_model.{k}": v for k, v in sam_params.items()})
@@ -263,6 +265,36 @@ def _build_bridge(model_cfg, init_cfg, seed):
 
 
 _BUILDERS = {"dit": _build_dit, "evf": _build_evf, "bridge": _build_bridge}
+
+
+def position_init(model_cfg, init_cfg, name: str, encoder) -> dict:
+  """The SAM ViT's absolute position embedding at start, by ``model.pos_embed_init``: "zeros" (SAM's
+  own initialisation, which a checkpoint then overwrites) or "sincos" (the fixed 2-D sine-cosine table
+  of MAE / ViTDet pre-training, for an image encoder trained from scratch: every patch knows where it
+  is from the first step, which expressions such as "the second square from the left" need)."""
+  how = model_cfg.pos_embed_init
+  if how not in ("zeros", "sincos"):
+    raise ValueError(f"model.pos_embed_init must be 'zeros' or 'sincos', got {how!r}")
+  if how == "zeros":
+    return {}
+  if init_cfg.sam:
+    raise ValueError("model.pos_embed_init='sincos' is for an image encoder trained from scratch; init.sam "
+                     f"({init_cfg.sam}) brings SAM's trained position embedding")
+  return {name: sincos_2d(encoder.grid, encoder.grid, encoder.embed_dim)[None]}
+
+
+def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
+  """float32 [h, w, dim]: sin and cos of the column index (first half) and of the row index (second
+  half) at dim/4 frequencies each, in the order of MAE's get_2d_sincos_pos_embed."""
+  if dim % 4:
+    raise ValueError(f"sincos_2d needs a width divisible by 4, got {dim}")
+  omega = 1.0 / temperature ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
+  def encode(pos):
+    angles = np.outer(pos, omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+  rows, cols = encode(np.arange(h)), encode(np.arange(w))
+  table = np.concatenate([np.repeat(cols[None], h, axis=0), np.repeat(rows[:, None], w, axis=1)], axis=-1)
+  return table.astype(np.float32)
 
 
 def sam_decoder_params(spec: str) -> dict:

@@ -80,6 +80,7 @@ def dit_model(scheme: str, sam_variant: str, extra_decoder_layers: int = 0) -> m
       bert_layer=1,                 # official DIT: BERT's hidden state after its first layer
       bert_dropout=0.1,             # BERT's dropout while training (official: bert-base's config, 0.1)
       slot_dropout=0.1,             # dropout on the injected text slots (official 0.1)
+      pos_embed_init="zeros",       # the ViT's position embedding before any checkpoint: "zeros" (SAM) | "sincos"
       dtype="float32",              # compute dtype; parameters stay float32 ("bfloat16" for speed)
       remat=False,                  # rematerialise ViT blocks in the backward pass (GPU/TPU memory)
   ))

@@ -39,6 +39,7 @@ def get_config(arg=None):
       pooling=a.pooling,            # EVF paper Table 5: vision_cls (official) | text_cls | mean
       multimask=False,              # official EVF-SAM (SAM-H): single mask
       max_tokens=40,                # text length of a batch (<s> ... </s>, right-padded); longer texts are cut
+      pos_embed_init="zeros",       # SAM ViT's position embedding before any checkpoint: "zeros" (SAM) | "sincos"
       dtype="float32",
   ))
   # Pretrained parts (converted once; see README "Converting the official weights").
