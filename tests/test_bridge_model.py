@@ -103,3 +103,48 @@ def test_config_checks_and_round_trip():
   assert BridgeConfig.from_dict(cfg.to_dict()) == cfg and cfg.oracle
   with pytest.raises(ValueError, match="sparse_query"):
     ref_model.small_config(sparse_query="clip_cls")
+
+
+def test_clip_text_constants_tool(tmp_path):
+  """python -m jaxris.weights.bridge on a tiny random CLIP: T (COCO panoptic + background, synonyms averaged
+  before normalising), the start-of-text vector, COCO id -> row; the build reads the directory back."""
+  from jaxris.models.clip import CLIPConfig, CLIPModel, CLIPTextConfig
+  from jaxris.models.functional import flat_params
+  from jaxris.text.clip_tokenizer import CLIPTokenizer
+  from jaxris.weights import bridge as bridge_weights
+  from jaxris.weights import clip as clip_weights
+  from jaxris.weights import fetch, store
+  import shutil
+
+  vocab = fetch.fetch_checkpoint("clip_vocab")
+  config = CLIPConfig(vision=_small_vision(), text=CLIPTextConfig(hidden_size=32, intermediate_size=64,
+                                                                           num_hidden_layers=1, num_attention_heads=2),
+                      projection_dim=24)
+  clip = CLIPModel(config, rngs=nnx.Rngs(0))
+  src = tmp_path / "clip"
+  store.save(str(src), clip_weights.FAMILY, config.to_dict(), {k: np.asarray(v) for k, v in flat_params(clip).items()})
+  shutil.copy(vocab, src)
+  assert bridge_weights.main(["--clip", str(src), "--out", str(tmp_path / "constants")]) == 0
+  c = bridge_weights.load_constants(str(tmp_path / "constants"))
+  assert c["class_text"].shape == (134, 24) and c["sot_vec"].shape == (32,)
+  np.testing.assert_allclose(np.linalg.norm(c["class_text"], axis=-1), 1.0, rtol=1e-5)
+  rows = c["category_rows"]
+  assert rows[1] == 0 and rows[90] == 79 and rows[200] == 132 and rows[12] == 133 and rows[0] == 133
+  tok = CLIPTokenizer.from_file(vocab)
+  feats = lambda texts: np.asarray(clip.get_text_features(*(tok(texts)[k] for k in ("input_ids", "attention_mask"))))
+  tree = feats(["branch", "tree", "bush", "leaves"]).mean(0)
+  row = [n for _, n in bridge_weights.COCO_PANOPTIC].index("tree-merged")
+  np.testing.assert_allclose(c["class_text"][row], tree / np.linalg.norm(tree), atol=1e-5)
+  np.testing.assert_allclose(c["class_text"][0], feats(["person"])[0] / np.linalg.norm(feats(["person"])[0]), atol=1e-5)
+  sky = [n for _, n in bridge_weights.COCO_PANOPTIC].index("sky-other-merged")
+  np.testing.assert_allclose(c["class_text"][sky], feats(["sky"])[0] / np.linalg.norm(feats(["sky"])[0]), atol=1e-5)
+  other = np.asarray(clip.text_model(*(tok(["a different caption"])[k] for k in ("input_ids", "attention_mask")))
+                     .last_hidden_state[0, 0])
+  np.testing.assert_allclose(c["sot_vec"], other, atol=1e-5)  # causal: the same for every caption
+  assert bridge_weights.main(["--clip", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+
+
+def _small_vision():
+  from jaxris.models.clip import CLIPVisionConfig
+  return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          image_size=32, patch_size=16)

@@ -79,16 +79,16 @@ def synonyms_of(name: str, table: dict | None = None) -> list[str]:
 
 
 def text_constants(clip_model, tokenizer, names, synonyms: dict | None = None) -> dict[str, np.ndarray]:
-  """(class_text [len(names), D], sot_vec [D]) from a jaxris CLIPModel and its tokenizer."""
-  rows = []
-  for name in names:
-    texts = synonyms_of(name, synonyms)
-    tok = tokenizer(texts)
-    emb = np.asarray(clip_model.get_text_features(tok["input_ids"], tok["attention_mask"]), np.float64)
-    mean = emb.mean(0)
+  """(class_text [len(names), D], sot_vec [D]) from a jaxris CLIPModel and its tokenizer (one batch)."""
+  texts = [synonyms_of(name, synonyms) for name in names]
+  tok = tokenizer([t for group in texts for t in group])
+  emb = np.asarray(clip_model.get_text_features(tok["input_ids"], tok["attention_mask"]), np.float64)
+  rows, start = [], 0
+  for group in texts:
+    mean = emb[start:start + len(group)].mean(0)  # the unnormalised embeddings, averaged
     rows.append(mean / np.linalg.norm(mean))
-  tok = tokenizer([names[0]])
-  sot = np.asarray(clip_model.text_model(tok["input_ids"], tok["attention_mask"]).last_hidden_state[0, 0])
+    start += len(group)
+  sot = np.asarray(clip_model.text_model(tok["input_ids"][:1], tok["attention_mask"][:1]).last_hidden_state[0, 0])
   return {"class_text": np.asarray(rows, np.float32), "sot_vec": sot.astype(np.float32)}
 
 
