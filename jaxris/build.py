@@ -254,6 +254,7 @@ def _build_bridge(model_cfg, init_cfg, seed):
   constants = bridge_weights.load_constants(init_cfg.constants) if init_cfg.constants else None
   cfg = bridge_config(model_cfg, bert_model.config, clip_cfg, constants)
   model = BridgeSam(cfg, rngs=nnx.Rngs(seed), dtype=DTYPES[model_cfg.dtype])
+  updates.update(position_init(model_cfg, init_cfg, "sam_encoder.pos_embed", cfg.sam.encoder))
   if init_cfg.sam:
     _, sam_params = store.load(init_cfg.sam, sam_weights.FAMILY)
     updates.update({k.replace("image_encoder.", "sam_encoder.", 1): v for k, v in sam_params.items()})

@@ -51,6 +51,7 @@ def get_config(arg=None):
   c.model = mlc.ConfigDict(dict(
       family="bridge",
       sam_variant="vit_b", sam_overrides={}, prompt_embed_dim=256, decoder_mlp_dim=2048,
+      pos_embed_init="zeros",       # SAM ViT's position embedding before any checkpoint: "zeros" (SAM) | "sincos"
       clip_overrides={},            # CLIPVisionConfig fields over ViT-L/14-336 (used when init.clip is "")
       bridge_sizes={},              # BridgeConfig size fields (pixel decoder, DFAM, Txt2txt, tables)
       max_tokens=35,                # BERT tokens (official 35)
