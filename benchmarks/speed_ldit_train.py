@@ -59,7 +59,7 @@ def _jax_trainer(batch: int, remat: bool):
   import jax.numpy as jnp
   from flax import nnx
 
-  from jaxris.configs import dit_config
+  from jaxris.configs import ldit_vitb
   from jaxris.models.bert import BertConfig
   from jaxris.models.functional import split_params
   from jaxris.models.ris.dit_sam import RisConfig, RisSam
@@ -67,7 +67,7 @@ def _jax_trainer(batch: int, remat: bool):
   from jaxris.sharding import global_batch, make_mesh
   from jaxris.train import create_trainer
 
-  cfg = dit_config("ldit", "vit_b")
+  cfg = ldit_vitb.get_config()  # the recipe's optimiser, EMA and loss
   cfg.batch_size = batch
   model = RisSam(RisConfig(scheme="ldit", sam=sam_config("vit_b"), bert=BertConfig(), remat=remat), rngs=nnx.Rngs(0))
   graphdef, params, rest = split_params(model)
