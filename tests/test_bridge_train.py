@@ -39,7 +39,7 @@ def _tiny(arg="refshapes,no_target=1", **overrides):
   cfg.log_every = 1
   cfg.eval_every = 1000
   cfg.predict_examples = 0
-  cfg.mesh = (2, 1, 1)
+  cfg.mesh = (1, 1, 1)
   cfg.update(overrides)
   return cfg
 
