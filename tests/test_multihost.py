@@ -84,7 +84,10 @@ def _params(workdir):
 
 
 def _evals(workdir):
-  return json.load(open(os.path.join(workdir, "eval_val.json")))
+  """eval_val.json flattened (pytest.approx compares flat dicts only): by_type's entries as "type/metric"."""
+  result = json.load(open(os.path.join(workdir, "eval_val.json")))
+  by_type = result.pop("by_type", {})
+  return {**result, **{f"{t}/{k}": v for t, r in by_type.items() for k, v in r.items()}}
 
 
 def _assert_same(a, b, atol=0.0):
