@@ -29,53 +29,61 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import timing  # noqa: E402
-
-# Runs inside either tree (only APIs both have): builds the recipe's trainer, then answers "go N"
-# lines on stdin with the seconds N steps took.
+# A worker runs in either tree: `setup` below imports whichever jaxris comes first on its path (the
+# tree under test), then it answers "go N" lines on stdin with the seconds N steps took.
 WORKER = r"""
 import json, sys, time
-import jax, numpy as np
-from jaxris import build
-from jaxris.configs import resolve_config_path
-from jaxris.data import inputs
-from jaxris.data.loader import make_dataset
-from jaxris.models.functional import split_params
-from jaxris.sharding import global_batch, make_mesh
-from jaxris.train import create_trainer
-import importlib.util
-
-path, _, arg = sys.argv[1].partition(":")
-spec = importlib.util.spec_from_file_location("recipe", resolve_config_path(["--config", path])[1])
-recipe = importlib.util.module_from_spec(spec); spec.loader.exec_module(recipe)
-cfg = recipe.get_config(arg or None)
-model, _, tokenizer = build.build(cfg.model, cfg.init, cfg.seed)
-keys = ("mask",) + type(model).BATCH_INPUTS
-graphdef, params, rest = split_params(model)
-del model
-mesh = make_mesh((1, 1, 1))
-examples = inputs.train_examples(cfg)
-steps_per_epoch = max(len(examples) // cfg.batch_size, 1)
-trainer = create_trainer(cfg, graphdef, params, rest, mesh, steps_per_epoch, cfg.steps)
-ds = make_dataset(examples, inputs.preprocess_for(cfg), tokenizer, cfg.batch_size, train=True, seed=cfg.seed,
-                  train_sentences=cfg.data.train_sentences).as_numpy_iterator()
-batches = [global_batch({k: b[k] for k in keys}, mesh) for b, _ in zip(ds, range(8))]
-state = trainer.state
+sys.path.append(sys.argv[2])  # this benchmark's folder, after the tree under test
+import jax
+from speed_refshapes_train import setup
+run = setup(sys.argv[1])
+batches = [run["to_device"](b) for b, _ in zip(run["host_batches"], range(8))]
+state = run["trainer"].state
 for b in batches[:2]:  # compile + warm up
-  state, m = trainer.step(state, b)
+  state, m = run["trainer"].step(state, b)
 jax.block_until_ready(m)
-print(json.dumps({"ready": cfg.batch_size}), flush=True)
+print(json.dumps({"ready": run["cfg"].batch_size}), flush=True)
 i = 0
 for line in sys.stdin:
   n = int(line.split()[1])
   t0 = time.perf_counter()
   for _ in range(n):
-    state, m = trainer.step(state, batches[i % len(batches)]); i += 1
+    state, m = run["trainer"].step(state, batches[i % len(batches)]); i += 1
   jax.block_until_ready(m)
   print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
 """
+
+
+def setup(config: str) -> dict:
+  """The main job's parts for `config` (recipe[:arg]), built as jaxris.train builds them, with the jaxris
+  that is first on the path: cfg, trainer (one device), host_batches (the training input pipeline's
+  iterator), to_device (host batch -> the step's input)."""
+  import importlib.util
+
+  from jaxris import build
+  from jaxris.configs import resolve_config_path
+  from jaxris.data import inputs
+  from jaxris.data.loader import make_dataset
+  from jaxris.models.functional import split_params
+  from jaxris.sharding import global_batch, make_mesh
+  from jaxris.train import create_trainer
+
+  path, _, arg = config.partition(":")
+  spec = importlib.util.spec_from_file_location("recipe", resolve_config_path(["--config", path])[1])
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  cfg = recipe.get_config(arg or None)
+  model, _, tokenizer = build.build(cfg.model, cfg.init, cfg.seed)
+  keys = ("mask",) + type(model).BATCH_INPUTS
+  graphdef, params, rest = split_params(model)
+  del model
+  mesh = make_mesh((1, 1, 1))
+  examples = inputs.train_examples(cfg)
+  trainer = create_trainer(cfg, graphdef, params, rest, mesh, max(len(examples) // cfg.batch_size, 1), cfg.steps)
+  ds = make_dataset(examples, inputs.preprocess_for(cfg), tokenizer, cfg.batch_size, train=True, seed=cfg.seed,
+                    train_sentences=cfg.data.train_sentences)
+  return {"cfg": cfg, "trainer": trainer, "host_batches": ds.as_numpy_iterator(),
+          "to_device": lambda host: global_batch({k: host[k] for k in keys}, mesh)}
 
 
 class Worker:
@@ -83,7 +91,8 @@ class Worker:
 
   def __init__(self, tree: str, config: str):
     env = {**os.environ, "PYTHONPATH": tree, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    self.proc = subprocess.Popen([sys.executable, "-c", WORKER, config], cwd=tree, env=env, text=True,
+    here = os.path.dirname(os.path.abspath(__file__))
+    self.proc = subprocess.Popen([sys.executable, "-c", WORKER, config, here], cwd=tree, env=env, text=True,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     self.batch = self._read()["ready"]
 
@@ -104,6 +113,7 @@ class Worker:
 
 
 def compare(config: str, against: str | None, steps: int, rounds: int) -> None:
+  from benchmarks import timing
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   trees = {"this tree": here}
   tmp = None
@@ -133,54 +143,21 @@ def compare(config: str, against: str | None, steps: int, rounds: int) -> None:
 
 def breakdown(config: str, rounds: int) -> None:
   """Per-batch seconds of each part of a step (this tree)."""
-  import importlib.util
-
+  from benchmarks import timing
   import jax
-  import jax.numpy as jnp
-  from flax import nnx
 
-  from jaxris import build
-  from jaxris.configs import resolve_config_path
-  from jaxris.data import inputs
-  from jaxris.data.loader import make_dataset
-  from jaxris.losses import LOSSES
-  from jaxris.models.functional import merge, split_params
-  from jaxris.sharding import global_batch, make_mesh
-  from jaxris.train import create_trainer, is_frozen
-
-  path, _, arg = config.partition(":")
-  spec = importlib.util.spec_from_file_location("recipe", resolve_config_path(["--config", path])[1])
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
-  cfg = recipe.get_config(arg or None)
-  model, _, tokenizer = build.build(cfg.model, cfg.init, cfg.seed)
-  keys = ("mask",) + type(model).BATCH_INPUTS
-  graphdef, params, rest = split_params(model)
-  del model
-  mesh = make_mesh((1, 1, 1))
-  examples = inputs.train_examples(cfg)
-  trainer = create_trainer(cfg, graphdef, params, rest, mesh, max(len(examples) // cfg.batch_size, 1), cfg.steps)
-  ds = make_dataset(examples, inputs.preprocess_for(cfg), tokenizer, cfg.batch_size, train=True, seed=cfg.seed,
-                    train_sentences=cfg.data.train_sentences).as_numpy_iterator()
+  run = setup(config)
+  cfg, trainer, ds = run["cfg"], run["trainer"], run["host_batches"]
   n_input = 40
   next(ds)
   t0 = time.perf_counter()
   host = [next(ds) for _ in range(n_input)]
   input_s = (time.perf_counter() - t0) / n_input
-  host = {k: host[0][k] for k in keys}
-  h2d = timing.median_seconds(lambda: jax.block_until_ready(global_batch(host, mesh)), rounds * 5)
-  batch = global_batch(host, mesh)
-  loss_of = LOSSES[cfg.loss]
-
-  def loss_fn(params, batch, key):
-    params = {k: jax.lax.stop_gradient(v) if is_frozen(k, cfg.freeze) else v for k, v in params.items()}
-    model = merge(graphdef, params, rest)
-    logits = model(*(batch[k] for k in model.BATCH_INPUTS), rngs=nnx.Rngs(dropout=key))
-    return loss_of(logits.astype(jnp.float32), batch["mask"])
-
+  h2d = timing.median_seconds(lambda: jax.block_until_ready(run["to_device"](host[0])), rounds * 5)
+  batch = run["to_device"](host[0])
   key = jax.random.key(0)
-  fwd = jax.jit(loss_fn)
-  fwd_bwd = jax.jit(jax.value_and_grad(loss_fn))
+  fwd = jax.jit(trainer.loss)  # the step's own loss (frozen parts under stop_gradient)
+  fwd_bwd = jax.jit(jax.value_and_grad(trainer.loss))
   holder = {"state": trainer.state}
 
   def step():
@@ -209,6 +186,7 @@ def breakdown(config: str, rounds: int) -> None:
 
 
 def main(argv=None) -> int:
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree's jaxris
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default="configs/ldit_vitb.py:refshapes", help="recipe[:arg] (README command 1's)")
   p.add_argument("--against", help="a git revision to compare with (run from a worktree of it, same batches)")

@@ -90,6 +90,7 @@ class Trainer:
   step: Callable            # (state, batch) -> (state, {"loss", "grad_norm"}), state donated
   schedule: Callable        # optimizer step -> learning rate
   abstract: dict            # shapes/dtypes of the state (for restoring checkpoints)
+  loss: Callable            # (params, batch, dropout key) -> loss: what `step` differentiates (benchmarks time it)
 
 
 def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int, total_steps: int,
@@ -156,7 +157,7 @@ def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int
 
   step = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, replicated(mesh)),
                  donate_argnums=0)
-  return Trainer(state, shardings, step, schedule, abstract)
+  return Trainer(state, shardings, step, schedule, abstract, loss_fn)
 
 
 def train(cfg, workdir: str, stop_after: int | None = None) -> int:
