@@ -310,18 +310,23 @@ def _is_converted(path: str) -> bool:
     return False
 
 
-def load_model(path: str | os.PathLike, *, dtype=None) -> CLIPModel:
-  """The model of a converted jaxris directory, a Hugging Face directory or an OpenAI ``.pt``
-  (``dtype``: compute dtype; parameters stay float32)."""
+def _read(path: str | os.PathLike):
+  """(config, params) of a converted jaxris directory (a dict), a Hugging Face directory or an OpenAI
+  ``.pt`` (a lazy StateDict, converted as it is read)."""
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: give CLIP weights (python -m jaxris.convert.clip --src "
                             "HF_DIR_OR_PT --out DIR, a Hugging Face CLIP directory, or OpenAI's .pt)")
   if os.path.isdir(path) and _is_converted(path):
     config_dict, params = store.load(path, FAMILY)
-    config = CLIPConfig.from_dict(config_dict)
-  else:
-    config, params = convert(path)
+    return CLIPConfig.from_dict(config_dict), params
+  return convert(path)
+
+
+def load_model(path: str | os.PathLike, *, dtype=None) -> CLIPModel:
+  """The model of a converted jaxris directory, a Hugging Face directory or an OpenAI ``.pt``
+  (``dtype``: compute dtype; parameters stay float32)."""
+  config, params = _read(path)
   model = abstract_model(config, dtype=dtype)
   store.assign_params(model, dict(params))  # replaces every abstract parameter: no random init needed
   return model
@@ -330,17 +335,11 @@ def load_model(path: str | os.PathLike, *, dtype=None) -> CLIPModel:
 def load_vision_model(path: str | os.PathLike, *, dtype=None) -> CLIPVisionModel:
   """Only the vision tower of a CLIP checkpoint (converted, Hugging Face or OpenAI): the bridge's
   frozen CLIP; the text tower is never built."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: give CLIP weights (python -m jaxris.convert.clip --src "
-                            "HF_DIR_OR_PT --out DIR, a Hugging Face CLIP directory, or OpenAI's .pt)")
-  if os.path.isdir(path) and _is_converted(path):
-    config_dict, params = store.load(path, FAMILY)
-    config = CLIPConfig.from_dict(config_dict)
-    params = {k[len("vision_model."):]: v for k, v in params.items() if k.startswith("vision_model.")}
+  config, params = _read(path)
+  if isinstance(params, reader.StateDict):
+    params = dict(vision_params(params))  # only the vision tensors are read
   else:
-    config, params = convert(path)
-    params = dict(vision_params(params))
+    params = {k[len("vision_model."):]: v for k, v in params.items() if k.startswith("vision_model.")}
   model = abstract_vision_model(config.vision, dtype=dtype)
   store.assign_params(model, params)
   return model
