@@ -116,7 +116,7 @@ def create_trainer(cfg, graphdef, params: dict, rest, mesh, steps_per_epoch: int
   state = jax.jit(init_state, out_shardings=shardings)(params) if materialize else None
   structured = cfg.loss in STRUCTURED_LOSSES  # a dict of outputs (the bridge) against the whole batch
   loss_of = STRUCTURED_LOSSES[cfg.loss] if structured else LOSSES[cfg.loss]
-  loss_weights = dict(cfg.get("loss_weights", {}))
+  loss_weights = dict(cfg.loss_weights)
 
   def loss_fn(params, batch, key):
     # Frozen modules: no gradient is computed for them at all (XLA drops the dead branches).

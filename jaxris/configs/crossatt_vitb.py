@@ -42,6 +42,7 @@ def get_config(arg=None):
   c.ema_decay = 0.9997              # official: the evaluated and saved weights are an EMA; 0 disables
   c.freeze = tuple(filter(None, a.freeze.split("+")))  # the '*' rows: visual_encoder
   c.loss = "bce"                    # official; "bce+dice" | "evf" also exist
+  c.loss_weights = {}              # keyword weights of a structured loss (the bridge's); none here
 
   # Evaluation: sigmoid > 0.35 at the input size, then resized to the original image (official test.py).
   c.threshold = 0.35

@@ -67,6 +67,7 @@ def get_config(arg=None):
   c.ema_decay = 0.0
   c.freeze = tuple(filter(None, a.freeze.split("+")))  # EVF Table 4: add visual_model.prompt_encoder / mask_decoder
   c.loss = "evf"                    # 2 x BCE + 0.5 x Dice (LISA's weights; EVF's own are unreleased)
+  c.loss_weights = {}              # keyword weights of a structured loss (the bridge's); none here
 
   # Evaluation as EVF-SAM's eval.py: logits resized to the original size, then > 0.
   c.threshold = 0.5
