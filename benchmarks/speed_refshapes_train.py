@@ -74,7 +74,9 @@ def setup(config: str) -> dict:
   spec.loader.exec_module(recipe)
   cfg = recipe.get_config(arg or None)
   model, _, tokenizer = build.build(cfg.model, cfg.init, cfg.seed)
-  keys = ("mask",) + type(model).BATCH_INPUTS
+  # The fields the loss and the model read, as jaxris.train picks them (the bridge's loss also reads
+  # the no-target flags and categories).
+  keys = tuple(dict.fromkeys(getattr(model, "LOSS_INPUTS", ("mask",)) + model.BATCH_INPUTS))
   graphdef, params, rest = split_params(model)
   del model
   mesh = make_mesh((1, 1, 1))

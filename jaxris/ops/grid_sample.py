@@ -13,14 +13,19 @@ Layout: channels last. ``x`` is [B, H, W, C] (NHWC, as every jaxris model), the 
 [N, C, H, W] with a [N, Ho, Wo, 2] grid is the special case points = (Ho, Wo), with the channel
 axis moved last.
 
-Each output is a gather of the four neighbouring pixels (one flat ``take_along_axis`` per
-corner) weighted by the bilinear weights; neighbours outside the image count as zero. Pure
+Each output is a gather of the four neighbouring pixels (one gather of whole C-vectors per corner)
+weighted by the bilinear weights; neighbours outside the image count as zero. Gathering rows, not
+single elements (``take_along_axis`` with the index broadcast over C), matters: XLA then computes one
+index per point instead of one per element: on CPU the op runs about 1.7x faster forward and 1.4x
+with its gradient (128 maps of 24x24x32, 3024 points each; the bridge's whole train step is
+dominated by other work and did not measurably change). Pure
 jnp, so it is differentiable in both the image and the grid (the floor is piecewise constant,
 as in torch's backward), works under jit/vmap, and needs no dense interpolation matrix.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 __all__ = ["grid_sample", "point_sample"]
@@ -46,12 +51,12 @@ def grid_sample(x: jnp.ndarray, grid: jnp.ndarray) -> jnp.ndarray:
   tx, ty = ix - x0, iy - y0
   x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
   flat = x.reshape(b, h * w, c)
+  rows = jax.vmap(lambda image, index: image[index])  # [HW, C], [P] -> [P, C], per sample
 
   def corner(xi, yi, weight):
     valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
     index = jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)
-    values = jnp.take_along_axis(flat, index[..., None], axis=1)  # [B, P, C]
-    return values * jnp.where(valid, weight, 0)[..., None]
+    return rows(flat, index) * jnp.where(valid, weight, 0)[..., None]  # [B, P, C]
 
   out = (corner(x0, y0, (1 - tx) * (1 - ty)) + corner(x0 + 1, y0, tx * (1 - ty))
          + corner(x0, y0 + 1, (1 - tx) * ty) + corner(x0 + 1, y0 + 1, tx * ty))
