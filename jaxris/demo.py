@@ -7,7 +7,8 @@
 Then open http://127.0.0.1:7860. Clicks add a positive or a negative point, or (mode "box corner")
 two clicks make a box; Enter in the text box or "Segment" answers the phrase. The output is the mask
 over the image (points green / red, the box in yellow), the mask as a PNG and the model's score
-(SAM: its predicted IoU; text models: the mean mask probability). Each uploaded image is encoded
+(SAM: its predicted IoU; text models: the mean mask probability; a SAM+CLIP bridge trained with its
+no-target head says "No target" when the head finds nothing that fits). Each uploaded image is encoded
 once: later SAM prompts reuse its cached image embedding. Needs the [demo] extra
 (pip install "jaxris[demo]"). It listens on 127.0.0.1 unless --host says otherwise, creates a public
 link only with --share, and refuses uploads over --max-upload-mb. Bad arguments or weights give one
@@ -31,11 +32,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from jaxris.data.image_io import ImageError, read_image
+from jaxris.inference.bridge_predictor import BridgePredictor
 from jaxris.inference.evf_predictor import EvfPredictor
 from jaxris.inference.export import weights_family
 from jaxris.inference.ris_predictor import RisPredictor
 from jaxris.inference.sam_predictor import SamPredictor
 from jaxris.visualize import overlay
+from jaxris.weights import bridge as bridge_weights
 from jaxris.weights import evf_sam
 from jaxris.weights import sam as sam_weights
 
@@ -60,6 +63,7 @@ CAPABILITIES = {
     "evf": Capabilities("EVF-SAM (a phrase, optionally with points and a box)", text=True, needs_text=True,
                         points=True, box=True),
     "dit": Capabilities("DIT-SAM (a phrase)", text=True, needs_text=True, points=False, box=False),
+    "bridge": Capabilities("SAM+CLIP bridge (a phrase)", text=True, needs_text=True, points=False, box=False),
 }
 
 
@@ -152,6 +156,7 @@ class Answer:
   score: float
   score_name: str
   seconds: float
+  no_target: bool = False  # a bridge's no-target head said that nothing in the image fits the phrase
 
 
 def image_key(image: np.ndarray) -> str:
@@ -159,11 +164,12 @@ def image_key(image: np.ndarray) -> str:
 
 
 class Segmenter:
-  """One model (kind 'sam', 'evf' or 'dit') behind a lock. SAM keeps the embeddings of the last
+  """One model (kind 'sam', 'evf', 'dit' or 'bridge') behind a lock. SAM keeps the embeddings of the last
   `cache_size` images and reuses them for later prompts (`encodes` counts the image-encoder runs).
   EvfPredictor keeps the SAM embeddings of its last images itself (only BEiT-3 and the decoder run
   for a new phrase on the same image); DIT runs its whole model per request, since its text enters
-  the image encoder (nothing text-free to cache)."""
+  the image encoder (nothing text-free to cache); so does the bridge, whose no-target head may
+  answer that nothing fits the phrase."""
 
   def __init__(self, kind: str, predictor, cache_size: int = 8):
     self.kind, self.predictor, self.caps = kind, predictor, CAPABILITIES[kind]
@@ -213,15 +219,19 @@ class Segmenter:
         logits, scores, _ = self.predictor.predict(multimask_output=False, return_logits=True, **kwargs)
         best = int(np.argmax(scores))
         return Answer(logits[best] > 0, float(scores[best]), "predicted IoU", time.perf_counter() - start)
+      no_target = False
       if self.kind == "evf":
         logits = self.predictor.predict(image, text, points=points, boxes=prompts.box)
+      elif self.kind == "bridge":
+        logits, said = self.predictor.predict_with_target(image, text)
+        no_target = bool(said)  # None: trained without the head
       else:
         logits = self.predictor.predict(image, text)
     mask = logits > 0
     # The logits are shifted by the recipe's threshold (`cut`); undo it for probabilities.
     prob = 1.0 / (1.0 + np.exp(-(logits[mask].astype(np.float64) + self.predictor.cut)))
     return Answer(mask, float(prob.mean()) if mask.any() else 0.0, "mean mask probability",
-                  time.perf_counter() - start)
+                  time.perf_counter() - start, no_target)
 
 
 def describe_prompts(prompts: Prompts, text: str = "") -> str:
@@ -239,6 +249,9 @@ def describe_prompts(prompts: Prompts, text: str = "") -> str:
 def describe(answer: Answer, prompts: Prompts, text: str = "") -> str:
   """The status line of an answer: score, mask area, the prompts and the time taken."""
   asked = describe_prompts(prompts, text)
+  if answer.no_target:
+    return (f"No target: the model's no-target head says nothing in this image fits {asked} "
+            f"({answer.seconds:.2f} s).")
   if not answer.mask.any():
     return (f"Empty mask ({answer.score_name} {answer.score:.3f}): the model found nothing for {asked}. "
             "Try other prompts.")
@@ -271,6 +284,8 @@ def load_segmenter(weights: str | None = None, workdir: str | None = None) -> Se
       return Segmenter("evf", EvfPredictor(directory))
     if family == "dit":
       return Segmenter("dit", RisPredictor(directory))
+    if family == bridge_weights.FAMILY:
+      return Segmenter("bridge", BridgePredictor(directory))
     return Segmenter("sam", SamPredictor(sam_weights.load(directory)))
   except Exception as e:  # a broken directory: name it, on one line, instead of a traceback
     raise UsageError(f"cannot load weights from {directory}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None

@@ -21,7 +21,8 @@ Many images: give --image several times and/or --image-dir DIR (every image file
 by suffix, sorted by name); the same prompts apply to each image. The model is loaded once and each
 image encoded once (EVF-SAM text-only prompts run through its batch API, --batch-size images at a
 time); a progress bar goes to stderr, and OUT gets the four files per image plus summary.json
-(written files, and the error of each input that failed). An input that cannot be read, or whose
+(written files, the error of each input that failed and, for a bridge with a no-target head, the
+images it called empty). An input that cannot be read, or whose
 size does not fit the point/box prompts, is reported on stderr and skipped; the rest are written.
 Exit code: 0 when every image was written, 1 when some failed (the summary line counts them), 2 for
 a usage error (bad arguments, no images, missing weights), when nothing is written.
@@ -166,23 +167,33 @@ def _text_model_dir(args) -> str:
   return model_dir
 
 
-def _run_text(args, image, stem) -> dict:
-  model_dir = _text_model_dir(args)
-  extra = {}
-  if weights_family(model_dir) == bridge_weights.FAMILY:  # the bridge may also answer "no target"
-    predictor = BridgePredictor(model_dir)
-    logits, no_target = predictor.predict_with_target(image, args.text)
-    logits = logits[None]
-    if no_target is not None:
-      extra["no_target"] = no_target
-      if no_target:
-        print(f"no target: nothing in {args.image} fits {args.text!r} (the no-target head); the mask is empty")
-  else:
-    logits = text_predictor(model_dir)(image, args.text)[None]
-  area = float((logits[0] > 0).mean())
+def _text_answerer(args, model_dir: str) -> Callable[[np.ndarray], "Answer"]:
+  """Loads the trained text model in `model_dir` once: image -> its answer to --text. A bridge with a
+  no-target head adds its verdict ("no_target": bool) to the answer's extra fields."""
   threshold = read_recipe(model_dir)["threshold"]
-  return write_outputs(args.out, stem, image, logits, np.array([1.0]),
-                       extra={"text": args.text, "threshold": threshold, "mask_area_fraction": area, **extra})
+  if weights_family(model_dir) == bridge_weights.FAMILY:  # the bridge may also answer "no target"
+    bridge = BridgePredictor(model_dir)
+
+    def answer(image):
+      logits, no_target = bridge.predict_with_target(image, args.text)
+      logits, scores, extra = _text_answer(args, logits[None], threshold)
+      if no_target is not None:
+        extra["no_target"] = no_target
+      return logits, scores, extra
+    return answer
+  predict = text_predictor(model_dir)
+  return lambda image: _text_answer(args, predict(image, args.text)[None], threshold)
+
+
+def _no_target_message(path: str, text: str) -> str:
+  return f"no target: nothing in {path} fits {text!r} (the no-target head); the mask is empty"
+
+
+def _run_text(args, image, stem) -> dict:
+  logits, scores, extra = _text_answerer(args, _text_model_dir(args))(image)
+  if extra.get("no_target"):
+    print(_no_target_message(args.image, args.text))
+  return write_outputs(args.out, stem, image, logits, scores, extra=extra)
 
 
 def _run_sam(args, image, stem) -> dict:
@@ -247,9 +258,8 @@ def batch_predictor(args) -> tuple[Callable[[list[np.ndarray]], list[Answer]], i
   """Checks the prompts against the model (the single-image messages) and loads it once: returns
   (predict(images) -> one answer per image, how many images to pass at a time)."""
   if args.workdir is not None:
-    model_dir = _text_model_dir(args)
-    predict, threshold = text_predictor(model_dir), read_recipe(model_dir)["threshold"]
-    return (lambda images: [_text_answer(args, predict(images[0], args.text)[None], threshold)]), 1
+    answer = _text_answerer(args, _text_model_dir(args))
+    return (lambda images: [answer(images[0])]), 1
   if weights_family(args.weights) == evf_sam.FAMILY:
     if not args.text or not args.text.strip():
       raise UsageError("EVF-SAM weights need a non-empty --text \"...\" (the referring expression)")
@@ -291,7 +301,7 @@ def run_many(args, images: list[str]) -> int:
   from tqdm import tqdm
 
   predict, batch_size = batch_predictor(args)
-  written, failed, stems = {}, {}, {}
+  written, failed, stems, no_target = {}, {}, {}, []
   pending: list[tuple[str, str, np.ndarray]] = []
 
   def fail(path, message):
@@ -309,6 +319,9 @@ def run_many(args, images: list[str]) -> int:
     else:
       for (path, stem, image), (logits, scores, extra) in zip(pending, answers):
         written[path] = write_outputs(args.out, stem, image, logits, scores, extra)["mask.png"]
+        if extra and extra.get("no_target"):
+          no_target.append(path)
+          tqdm.write(_no_target_message(path, args.text), file=sys.stdout)
     bar.update(len(pending))
     pending.clear()
 
@@ -333,8 +346,9 @@ def run_many(args, images: list[str]) -> int:
   os.makedirs(args.out, exist_ok=True)
   summary = os.path.join(args.out, "summary.json")
   with open(summary, "w") as f:
-    json.dump({"images": len(images), "written": written, "failed": failed}, f, indent=2)
-  print(f"jaxris.predict: {len(images)} images: {len(written)} written to {args.out}, {len(failed)} failed"
+    json.dump({"images": len(images), "written": written, "failed": failed, "no_target": no_target}, f, indent=2)
+  said_none = f", {len(no_target)} with no target (the no-target head)" if no_target else ""
+  print(f"jaxris.predict: {len(images)} images: {len(written)} written to {args.out}{said_none}, {len(failed)} failed"
         f"{' (listed above and in ' + summary + ')' if failed else ''}")
   return EXIT_SOME_FAILED if failed else 0
 

@@ -95,6 +95,28 @@ def test_bridge_trains_exports_evaluates_and_predicts(tmp_path):
   mask = np.asarray(Image.open(os.path.join(out, "scene_mask.png")))
   assert mask.shape == examples[0]["image"].shape[:2] and (not scores["no_target"] or not mask.any())
 
+  # Many images (--image-dir): each image's scores.json carries the head's answer, summary.json lists the
+  # images it called empty, and those masks are empty.
+  scenes = tmp_path / "scenes"
+  scenes.mkdir()
+  for i, e in enumerate(examples[:3]):
+    Image.fromarray(e["image"]).save(scenes / f"s{i}.png")
+  out = tmp_path / "pred_many"
+  assert predict.main(["--workdir", workdir, "--image-dir", str(scenes), "--text", "the purple star", "--out", str(out)]) == 0
+  summary = json.load(open(out / "summary.json"))
+  assert len(summary["written"]) == 3 and not summary["failed"]
+  for i in range(3):
+    said = json.load(open(out / f"s{i}_scores.json"))["no_target"]
+    assert isinstance(said, bool) and said == (str(scenes / f"s{i}.png") in summary["no_target"])
+    assert not said or not np.asarray(Image.open(out / f"s{i}_mask.png")).any()
+
+  # The demo loads the run as a bridge and gives the CLI's answer for the same image and phrase.
+  from jaxris import demo
+  segmenter = demo.load_segmenter(workdir=workdir)
+  answer = segmenter.answer(examples[0]["image"], demo.Prompts(), "the purple star")
+  assert segmenter.kind == "bridge" and answer.no_target is scores["no_target"]
+  np.testing.assert_array_equal(answer.mask, mask > 0)
+
 
 def test_evaluate_refuses_an_oracle_unless_allowed(tmp_path):
   cfg = _tiny("refshapes,sparse_query=gt_category")

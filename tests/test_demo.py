@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from jaxris import demo
-from jaxris.demo import CAPABILITIES, Prompts, Segmenter, add_click, request_error
+from jaxris.demo import CAPABILITIES, Prompts, Segmenter, add_click, describe, request_error
 from jaxris.inference.sam_predictor import SamPredictor
 from jaxris.models.functional import assign_params, param_shapes
 from jaxris.models.sam.sam import sam_config
@@ -291,3 +291,30 @@ def test_text_models_get_the_phrase_and_their_prompts():
   assert dit.answer(image, Prompts(), "the zebra").mask.sum() == 24 and dit.encodes == 0
   with pytest.raises(ValueError, match="does not take points"):
     dit.answer(image, Prompts(points=((1, 1, 1),)), "the zebra")
+
+
+class _BridgePredictor(_TextPredictor):
+  """A bridge whose no-target head answers `no_target` (None: trained without the head)."""
+
+  def __init__(self, no_target):
+    super().__init__(takes_prompts=False)
+    self.no_target = no_target
+
+  def predict_with_target(self, image, text):
+    logits = self.predict(image, text)
+    return (np.minimum(logits, -1.0) if self.no_target else logits), self.no_target
+
+
+@pytest.mark.parametrize("said", [True, False, None])
+def test_the_bridge_reports_its_no_target_head(said):
+  image = np.zeros((10, 12, 3), np.uint8)
+  bridge = Segmenter("bridge", _BridgePredictor(said))
+  answer = bridge.answer(image, Prompts(), " the purple star ")
+  assert bridge.predictor.calls[0][0] == "the purple star" and answer.no_target is bool(said)
+  status = describe(answer, Prompts(), "the purple star")
+  if said:
+    assert not answer.mask.any() and status.startswith("No target") and 'text "the purple star"' in status
+  else:
+    assert answer.mask.sum() == 24 and status.startswith("mean mask probability")
+  with pytest.raises(ValueError, match="does not take points"):
+    bridge.answer(image, Prompts(points=((1, 1, 1),)), "the zebra")
