@@ -12,8 +12,10 @@ temporaries - aliased, from ``memory_analysis()``) against the chip's HBM, FLOPs
 implies. The step time is the TPU cost model's ``optimal_seconds`` where it is valid; for whole
 train steps it usually is not (negative), and then it is the roofline of XLA's own per-chip counts
 (its FLOPs at peak or its bytes accessed at HBM bandwidth, whichever is slower; communication not
-included), which the table says. These are compiler estimates, not measurements. Exit status: 0 when it compiled
-(fitting or not), 1 when libtpu is missing or the compile fails, 2 on bad input.
+included), which the table says. These are compiler estimates, not measurements. Every model
+family compiles (dit, evf, bridge); the analytic FLOPs count the encoders (see `model_flops`).
+Exit status: 0 when it compiled (fitting or not), 1 when libtpu is missing or the compile fails,
+2 on bad input.
 """
 
 from __future__ import annotations
@@ -85,15 +87,21 @@ def abstract_model(cfg):
 
   from jaxris import build
   from jaxris.models.bert import BertConfig
+  from jaxris.models.ris.bridge.model import BridgeSam
   from jaxris.models.ris.dit_sam import RisSam
   from jaxris.models.ris.evf import EvfSam
 
   dtype = build.DTYPES[cfg.model.dtype]
-  if build.family(cfg.model) == "dit":
+  family = build.family(cfg.model)
+  if family in ("dit", "bridge"):
     # The converted bert-base-uncased is BertConfig's default; "minilm" is the bundled one's config.
     bert = (BertConfig.from_hf_config(build.text_encoder_dir("minilm")) if cfg.init.bert == "minilm"
             else BertConfig())
-    return nnx.eval_shape(lambda: RisSam(build.dit_config(cfg.model, bert), rngs=nnx.Rngs(0), dtype=dtype))
+    if family == "dit":
+      return nnx.eval_shape(lambda: RisSam(build.dit_config(cfg.model, bert), rngs=nnx.Rngs(0), dtype=dtype))
+    # CLIP's sizes from the recipe (ViT-L/14-336 + clip_overrides), the tables' from bridge_sizes: the
+    # constants (CLIP text tables) are random here, which changes no shape.
+    return nnx.eval_shape(lambda: BridgeSam(build.bridge_config(cfg.model, bert), rngs=nnx.Rngs(0), dtype=dtype))
   vocab = 30522 if cfg.init.tokenizer == "minilm" else None  # else BEiT-3's XLM-R vocabulary
   return nnx.eval_shape(lambda: EvfSam(build.evf_config(cfg.model, vocab_size=vocab), rngs=nnx.Rngs(0), dtype=dtype))
 
@@ -110,17 +118,21 @@ def _concrete(rest):
 
 
 def batch_shapes(cfg, model, micro_batch: int) -> dict:
-  """name -> (shape, dtype) of one (micro-)batch, the fields the model and loss read."""
+  """name -> (shape, dtype) of one (micro-)batch: the fields the loss and the model read, picked as
+  jaxris.train picks them, with the dtypes of jaxris.data.loader's batches."""
   size, length = cfg.data.image_size, cfg.model.max_tokens
   shapes = {"image": ((micro_batch, size, size, 3), np.float32), "mask": ((micro_batch, size, size), np.float32),
-            "input_ids": ((micro_batch, length), np.int32), "attention_mask": ((micro_batch, length), np.int32)}
+            "input_ids": ((micro_batch, length), np.int32), "attention_mask": ((micro_batch, length), np.int32),
+            "no_target": ((micro_batch,), np.bool_), "category": ((micro_batch,), np.int32)}
   if "image_evf" in model.BATCH_INPUTS:
     e = cfg.data.evf_size
     shapes["image_evf"] = ((micro_batch, e, e, 3), np.float32)
-  return {k: shapes[k] for k in (*model.BATCH_INPUTS, "mask")}
+  keys = dict.fromkeys(getattr(model, "LOSS_INPUTS", ("mask",)) + model.BATCH_INPUTS)
+  return {k: shapes[k] for k in keys}
 
 
-# --- Analytic FLOPs: the encoders' matmuls and attention (the mask decoder, < 1%, is left out).
+# --- Analytic FLOPs: the encoders' matmuls and attention (the mask decoder, < 1%, is left out; for
+# the bridge also its pixel decoder, DFAM, Txt2txt and feature pyramids: see `model_flops`).
 
 def _transformer_flops(tokens: int, width: int, mlp: int, layers: int, attn_tokens: int | None = None) -> float:
   """Forward FLOPs of `layers` transformer layers on `tokens` tokens per sample; `attn_tokens` is
@@ -145,20 +157,53 @@ def _vit_flops(enc, image_size: int, slots: int, windowed: bool) -> float:
   return flops + 2 * grid * grid * (d * out + 9 * out * out)  # the neck
 
 
+def _clip_flops(clip) -> float:
+  """One forward of the CLIP vision tower: patch embedding, then every layer on the grid + class token."""
+  grid = clip.image_size // clip.patch_size
+  embed = 2 * grid * grid * clip.patch_size ** 2 * clip.num_channels * clip.hidden_size
+  return embed + _transformer_flops(grid * grid + 1, clip.hidden_size, clip.intermediate_size,
+                                    clip.num_hidden_layers)
+
+
+def _bert_layer_factors(freeze, layers: int) -> list[int]:
+  """Per layer of the bridge's BERT: 3 when it trains; 2 when it is frozen but something below it
+  trains (its weights need no gradient, its input does: the backward still runs through it); 1 when
+  frozen with nothing trainable below (the official bridge: embeddings and layers 10-11 frozen, 0-9
+  train -> 3 x 10, 2 x 2)."""
+  from jaxris.train import is_frozen
+  below = not is_frozen("bert.embeddings", freeze)
+  factors = []
+  for i in range(layers):
+    trains = not is_frozen(f"bert.encoder.layer.{i}", freeze)
+    below = below or trains
+    factors.append(3 if trains else 2 if below else 1)
+  return factors
+
+
 def model_flops(cfg, model, micro_batch: int) -> float:
   """Training FLOPs of one step: 3x forward (forward, and backward for inputs and weights) for the
-  parts that train, 1x for frozen ones (nothing below them needs a gradient)."""
+  parts that train, 1x for frozen ones (nothing below them needs a gradient; the bridge's frozen BERT
+  layers above trained ones count 2x, see `_bert_layer_factors`). The bridge counts its three
+  encoders only (SAM's windowed ViT, CLIP's vision tower, BERT); its pixel decoder, DFAM, Txt2txt,
+  feature pyramids and SAM decoder are left out, so its count is short of the whole step's."""
   from jaxris import build
-  frozen = lambda prefix: any(prefix == f or prefix.startswith(f + ".") for f in cfg.freeze)
-  factor = lambda prefix: 1 if frozen(prefix) else 3
+  from jaxris.train import is_frozen
+  factor = lambda prefix: 1 if is_frozen(prefix, cfg.freeze) else 3
   mc = model.cfg
-  if build.family(cfg.model) == "dit":
+  family = build.family(cfg.model)
+  if family == "dit":
     b = mc.bert
     bert_layers = b.num_hidden_layers if mc.bert_layer < 0 else mc.bert_layer  # later layers are dead code
     text = _transformer_flops(cfg.model.max_tokens, b.hidden_size, b.intermediate_size, bert_layers)
     slots = 0 if mc.scheme == "default" else 20
     image = _vit_flops(mc.sam.encoder, cfg.data.image_size, slots, windowed=False)  # DIT: global attention everywhere
     return micro_batch * (factor("lang_encoder") * text + factor("visual_encoder") * image)
+  if family == "bridge":
+    b = mc.bert
+    layer = _transformer_flops(cfg.model.max_tokens, b.hidden_size, b.intermediate_size, 1)
+    text = layer * sum(_bert_layer_factors(cfg.freeze, b.num_hidden_layers))
+    image = _vit_flops(mc.sam.encoder, cfg.data.image_size, 0, windowed=True)
+    return micro_batch * (text + factor("sam_encoder") * image + factor("clip") * _clip_flops(mc.clip))
   be = mc.beit3
   tokens = (cfg.data.evf_size // be.patch_size) ** 2 + 1 + cfg.model.max_tokens
   beit3 = _transformer_flops(tokens, be.encoder_embed_dim, be.encoder_ffn_embed_dim, be.encoder_layers)
@@ -261,7 +306,7 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
   return {
       "topology": topology, "chips": chips, "mesh": list(mesh_shape), "global_batch": micro_batch,
       "grad_accum": cfg.grad_accum, "dtype": cfg.model.dtype,
-      "remat": bool(cfg.model.remat) if "remat" in cfg.model else False,  # EVF: no remat (its ViT is frozen)
+      "remat": bool(cfg.model.remat) if "remat" in cfg.model else False,  # EVF, bridge: no remat (frozen ViTs)
       "attention": tpu_attention_path(),
       "per_chip_bytes": int(per_chip), "hbm_bytes": int(hbm), "fits": bool(per_chip <= hbm) and refused is None,
       "memory": {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
