@@ -144,15 +144,17 @@ def run(args) -> dict:
   return _run_sam(args, image, stem)
 
 
-def _run_evf(args, image, stem) -> dict:
+def _check_evf_args(args) -> None:
   if not args.text or not args.text.strip():
     raise UsageError("EVF-SAM weights need a non-empty --text \"...\" (the referring expression)")
   if args.multimask:
     raise UsageError("--multimask is for SAM weights; EVF-SAM predicts one mask")
+
+
+def _run_evf(args, image, stem) -> dict:
+  _check_evf_args(args)
   logits = EvfPredictor(args.weights).predict(image, args.text, points=args.point or None, boxes=args.box)[None]
-  area = float((logits[0] > 0).mean())
-  return write_outputs(args.out, stem, image, logits, np.array([1.0]),
-                       extra={"text": args.text, "threshold": 0.0, "mask_area_fraction": area})
+  return write_outputs(args.out, stem, image, *_text_answer(args, logits, 0.0))
 
 
 def _text_model_dir(args) -> str:
@@ -261,10 +263,7 @@ def batch_predictor(args) -> tuple[Callable[[list[np.ndarray]], list[Answer]], i
     answer = _text_answerer(args, _text_model_dir(args))
     return (lambda images: [answer(images[0])]), 1
   if weights_family(args.weights) == evf_sam.FAMILY:
-    if not args.text or not args.text.strip():
-      raise UsageError("EVF-SAM weights need a non-empty --text \"...\" (the referring expression)")
-    if args.multimask:
-      raise UsageError("--multimask is for SAM weights; EVF-SAM predicts one mask")
+    _check_evf_args(args)
     evf = EvfPredictor(args.weights)
     if args.point or args.box is not None:  # SAM prompts join the text: one image at a time
       return (lambda images: [_text_answer(args, evf.predict(images[0], args.text, points=args.point or None,
