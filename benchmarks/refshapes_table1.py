@@ -119,21 +119,22 @@ def table(results: dict) -> tuple[list[str], list[list[str]]]:
   return headers, rows
 
 
-def ordering_report(results: dict, seeds: list[int]) -> list[str]:
+def ordering_report(results: dict) -> list[str]:
   """Whether the paper's order (PAPER_ORDER, on mIoU) holds per split: on the means and seed by seed."""
   names = [n for n in PAPER_ORDER if n in results]
   if len(names) < 2:
     return []
+  seeds = len(results[names[0]])  # every row ran the same seeds
   labels = " > ".join(ROWS[n][0] for n in names)
   lines = [f"paper's order {labels}, on mIoU:"]
   for split in SPLITS:
     means = [statistics.mean(r[split]["mIoU"] for r in results[n]) for n in names]
     holds = all(a > b for a, b in zip(means, means[1:]))
     per_seed = sum(all(results[a][i][split]["mIoU"] > results[b][i][split]["mIoU"] for a, b in zip(names, names[1:]))
-                   for i in range(len(seeds)))
+                   for i in range(seeds))
     measured = " > ".join(f"{ROWS[n][0]} {m:.2f}" for n, m in sorted(zip(names, means), key=lambda x: -x[1]))
     lines.append(f"  {split}: {'holds' if holds else 'does not hold'} on the means ({measured}); "
-                 f"holds in {per_seed} of {len(seeds)} seeds")
+                 f"holds in {per_seed} of {seeds} seeds")
   return lines
 
 
@@ -159,7 +160,7 @@ def main() -> None:
   print(f"\nRefShapes, {args.steps} steps x batch 16 per row, seed {seeds}{spread}; oIoU / mIoU in percent "
         f"(P@0.5 in the last columns)\n")
   timing.print_table(*table(results))
-  for line in ordering_report(results, args.seeds):
+  for line in ordering_report(results):
     print(line)
 
 
