@@ -32,14 +32,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from jaxris.data.image_io import ImageError, read_image
-from jaxris.inference.bridge_predictor import BridgePredictor
-from jaxris.inference.evf_predictor import EvfPredictor
-from jaxris.inference.export import weights_family
-from jaxris.inference.ris_predictor import RisPredictor
 from jaxris.inference.sam_predictor import SamPredictor
+from jaxris.inference.text_predictors import is_text_model, load_text_predictor
 from jaxris.visualize import overlay
-from jaxris.weights import bridge as bridge_weights
-from jaxris.weights import evf_sam
 from jaxris.weights import sam as sam_weights
 
 MAX_PIXELS = 25_000_000      # larger decoded images are refused with a message
@@ -219,14 +214,9 @@ class Segmenter:
         logits, scores, _ = self.predictor.predict(multimask_output=False, return_logits=True, **kwargs)
         best = int(np.argmax(scores))
         return Answer(logits[best] > 0, float(scores[best]), "predicted IoU", time.perf_counter() - start)
-      no_target = False
-      if self.kind == "evf":
-        logits = self.predictor.predict(image, text, points=points, boxes=prompts.box)
-      elif self.kind == "bridge":
-        logits, said = self.predictor.predict_with_target(image, text)
-        no_target = bool(said)  # None: trained without the head
-      else:
-        logits = self.predictor.predict(image, text)
+      extra = dict(points=points, boxes=prompts.box) if self.kind == "evf" else {}  # EVF-SAM also takes prompts
+      logits, said = self.predictor.predict_with_target(image, text, **extra)
+      no_target = bool(said)  # None: a model without a no-target head
     mask = logits > 0
     # The logits are shifted by the recipe's threshold (`cut`); undo it for probabilities.
     prob = 1.0 / (1.0 + np.exp(-(logits[mask].astype(np.float64) + self.predictor.cut)))
@@ -278,14 +268,9 @@ def load_segmenter(weights: str | None = None, workdir: str | None = None) -> Se
       raise UsageError(f"weights directory {directory} not found: convert official weights first "
                        "(python -m jaxris.convert.sam --src X.pth --out DIR, or python -m jaxris.weights.fetch "
                        "mobile_sam --out DIR)")
-  family = weights_family(directory)
   try:
-    if family == evf_sam.FAMILY:
-      return Segmenter("evf", EvfPredictor(directory))
-    if family == "dit":
-      return Segmenter("dit", RisPredictor(directory))
-    if family == bridge_weights.FAMILY:
-      return Segmenter("bridge", BridgePredictor(directory))
+    if is_text_model(directory):
+      return Segmenter(*load_text_predictor(directory))
     return Segmenter("sam", SamPredictor(sam_weights.load(directory)))
   except Exception as e:  # a broken directory: name it, on one line, instead of a traceback
     raise UsageError(f"cannot load weights from {directory}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None

@@ -40,13 +40,11 @@ import numpy as np
 from PIL import Image
 
 from jaxris.data.image_io import ImageError, read_image
-from jaxris.inference.bridge_predictor import BridgePredictor
 from jaxris.inference.evf_predictor import EvfPredictor
 from jaxris.inference.export import read_recipe, weights_family
-from jaxris.inference.overlays import text_predictor
 from jaxris.inference.sam_predictor import SamPredictor
+from jaxris.inference.text_predictors import load_text_predictor
 from jaxris.visualize import overlay
-from jaxris.weights import bridge as bridge_weights
 from jaxris.weights import evf_sam
 from jaxris.weights import sam as sam_weights
 
@@ -173,18 +171,15 @@ def _text_answerer(args, model_dir: str) -> Callable[[np.ndarray], "Answer"]:
   """Loads the trained text model in `model_dir` once: image -> its answer to --text. A bridge with a
   no-target head adds its verdict ("no_target": bool) to the answer's extra fields."""
   threshold = read_recipe(model_dir)["threshold"]
-  if weights_family(model_dir) == bridge_weights.FAMILY:  # the bridge may also answer "no target"
-    bridge = BridgePredictor(model_dir)
+  predictor = load_text_predictor(model_dir)[1]
 
-    def answer(image):
-      logits, no_target = bridge.predict_with_target(image, args.text)
-      logits, scores, extra = _text_answer(args, logits[None], threshold)
-      if no_target is not None:
-        extra["no_target"] = no_target
-      return logits, scores, extra
-    return answer
-  predict = text_predictor(model_dir)
-  return lambda image: _text_answer(args, predict(image, args.text)[None], threshold)
+  def answer(image):
+    logits, no_target = predictor.predict_with_target(image, args.text)
+    logits, scores, extra = _text_answer(args, logits[None], threshold)
+    if no_target is not None:  # a bridge with a no-target head
+      extra["no_target"] = no_target
+    return logits, scores, extra
+  return answer
 
 
 def _no_target_message(path: str, text: str) -> str:

@@ -277,6 +277,9 @@ class _TextPredictor:
     logits[2:6, 3:9] = 1.0
     return logits
 
+  def predict_with_target(self, image, text, **prompts):
+    return self.predict(image, text, **prompts), None
+
 
 def test_text_models_get_the_phrase_and_their_prompts():
   image = np.zeros((10, 12, 3), np.uint8)

@@ -122,6 +122,10 @@ class EvfPredictor:
       low_res = np.asarray(self._decode(self._state, embeddings, images_evf, padded_index, ids, mask, None, None))
     return [self._postprocess(low_res[:len(texts)][index == i], inp) for i, inp in enumerate(inputs)]
 
+  def predict_with_target(self, image: np.ndarray, text: str, points=None, boxes=None):
+    """(predict(image, text, points, boxes), None): EVF-SAM has no no-target head."""
+    return self.predict(image, text, points=points, boxes=boxes), None
+
   def predict(self, image: np.ndarray, text: str, points=None, boxes=None) -> np.ndarray:
     """uint8 RGB [H, W, 3] and a phrase -> float32 logits [H, W] at the original size (> 0: the mask).
 

@@ -9,22 +9,13 @@ import numpy as np
 from PIL import Image
 
 from jaxris.data.image_io import read_image
-from jaxris.inference.bridge_predictor import BridgePredictor
-from jaxris.inference.evf_predictor import EvfPredictor
-from jaxris.inference.export import weights_family
-from jaxris.inference.ris_predictor import RisPredictor
+from jaxris.inference.text_predictors import load_text_predictor
 from jaxris.visualize import comparison
-from jaxris.weights import bridge as bridge_weights
-from jaxris.weights import evf_sam
 
 
 def text_predictor(model_dir: str):
   """A model exported by jaxris.train (DIT, EVF-SAM or the bridge) -> predict(image, text) -> logits, > 0 = mask."""
-  if weights_family(model_dir) == evf_sam.FAMILY:
-    return EvfPredictor(model_dir).predict
-  if weights_family(model_dir) == bridge_weights.FAMILY:
-    return BridgePredictor(model_dir).predict
-  return RisPredictor(model_dir).predict
+  return load_text_predictor(model_dir)[1].predict
 
 
 def write_examples(model_dir: str, examples: list[dict], out_dir: str) -> list[str]:

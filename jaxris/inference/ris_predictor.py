@@ -35,6 +35,10 @@ class RisPredictor:
     # Jitted over the graph only, so that the jit cache does not keep the predictor alive.
     self._forward = jax.jit(functools.partial(_forward, graphdef))
 
+  def predict_with_target(self, image: np.ndarray, text: str):
+    """(predict(image, text), None): a DIT model has no no-target head."""
+    return self.predict(image, text), None
+
   def predict(self, image: np.ndarray, text: str) -> np.ndarray:
     """uint8 RGB [H, W, 3] and a phrase -> float32 mask logits [H, W] at the original size,
     shifted so that > 0 means sigmoid(logit) > threshold."""
