@@ -4,6 +4,7 @@ step's time goes.
   python benchmarks/speed_refshapes_train.py                         # this tree: images/s + breakdown
   python benchmarks/speed_refshapes_train.py --against 6765a11       # before/after, same run, same batches
   python benchmarks/speed_refshapes_train.py --config configs/edit_vitb.py:refshapes --rounds 5
+  python benchmarks/speed_refshapes_train.py --set model.dtype=bfloat16      # a recipe field changed
 
 Images/s is the recipe's own update step (``jaxris.train.create_trainer`` on the model ``jaxris.build``
 makes from the recipe, state donated, as the training loop runs it) on real RefShapes batches from the
@@ -36,7 +37,7 @@ import json, sys, time
 sys.path.append(sys.argv[2])  # this benchmark's folder, after the tree under test
 import jax
 from speed_refshapes_train import setup
-run = setup(sys.argv[1])
+run = setup(sys.argv[1], json.loads(sys.argv[3]))
 batches = [run["to_device"](b) for b, _ in zip(run["host_batches"], range(8))]
 state = run["trainer"].state
 for b in batches[:2]:  # compile + warm up
@@ -54,10 +55,12 @@ for line in sys.stdin:
 """
 
 
-def setup(config: str) -> dict:
-  """The main job's parts for `config` (recipe[:arg]), built as jaxris.train builds them, with the jaxris
-  that is first on the path: cfg, trainer (one device), host_batches (the training input pipeline's
-  iterator), to_device (host batch -> the step's input)."""
+def setup(config: str, overrides: dict | None = None) -> dict:
+  """The main job's parts for `config` (recipe[:arg]) with `overrides` ({"model.dtype": "bfloat16"}, as
+  jaxris.train's --config.<field>=<value>), built as jaxris.train builds them, with the jaxris that is
+  first on the path: cfg, trainer (one device), host_batches (the training input pipeline's iterator),
+  to_device (host batch -> the step's input)."""
+  import ast
   import importlib.util
 
   from jaxris import build
@@ -73,6 +76,12 @@ def setup(config: str) -> dict:
   recipe = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(recipe)
   cfg = recipe.get_config(arg or None)
+  for field, value in (overrides or {}).items():
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass  # a plain string such as bfloat16
+    cfg.update_from_flattened_dict({field: value})
   model, _, tokenizer = build.build(cfg.model, cfg.init, cfg.seed)
   # The fields the loss and the model read, as jaxris.train picks them (the bridge's loss also reads
   # the no-target flags and categories).
@@ -91,10 +100,10 @@ def setup(config: str) -> dict:
 class Worker:
   """A process holding one tree's compiled step; `run(n)` -> seconds for n steps."""
 
-  def __init__(self, tree: str, config: str):
+  def __init__(self, tree: str, config: str, overrides: dict):
     env = {**os.environ, "PYTHONPATH": tree, "TF_CPP_MIN_LOG_LEVEL": "2"}
     here = os.path.dirname(os.path.abspath(__file__))
-    self.proc = subprocess.Popen([sys.executable, "-c", WORKER, config, here], cwd=tree, env=env, text=True,
+    self.proc = subprocess.Popen([sys.executable, "-c", WORKER, config, here, json.dumps(overrides)], cwd=tree, env=env, text=True,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     self.batch = self._read()["ready"]
 
@@ -114,7 +123,7 @@ class Worker:
     self.proc.wait()
 
 
-def compare(config: str, against: str | None, steps: int, rounds: int) -> None:
+def compare(config: str, overrides: dict, against: str | None, steps: int, rounds: int) -> None:
   from benchmarks import timing
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   trees = {"this tree": here}
@@ -125,7 +134,7 @@ def compare(config: str, against: str | None, steps: int, rounds: int) -> None:
                    stdout=subprocess.DEVNULL)
     trees = {against: tmp, "this tree": here}
   try:
-    workers = {name: Worker(tree, config) for name, tree in trees.items()}
+    workers = {name: Worker(tree, config, overrides) for name, tree in trees.items()}
     rates = {name: [] for name in trees}
     for r in range(rounds):
       for name, w in workers.items():
@@ -143,12 +152,12 @@ def compare(config: str, against: str | None, steps: int, rounds: int) -> None:
   timing.print_table(["code", "images/s (median)", "min", "max", "ratio"], rows)
 
 
-def breakdown(config: str, rounds: int) -> None:
+def breakdown(config: str, overrides: dict, rounds: int) -> None:
   """Per-batch seconds of each part of a step (this tree)."""
   from benchmarks import timing
   import jax
 
-  run = setup(config)
+  run = setup(config, overrides)
   cfg, trainer, ds = run["cfg"], run["trainer"], run["host_batches"]
   n_input = 40
   next(ds)
@@ -194,11 +203,15 @@ def main(argv=None) -> int:
   p.add_argument("--against", help="a git revision to compare with (run from a worktree of it, same batches)")
   p.add_argument("--steps", type=int, default=20, help="steps per round")
   p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override a recipe field, as jaxris.train's --config.FIELD=VALUE (repeatable), e.g. "
+                      "--set model.dtype=bfloat16")
   p.add_argument("--no-breakdown", action="store_true", help="images/s only")
   args = p.parse_args(argv)
-  compare(args.config, args.against, args.steps, args.rounds)
+  overrides = dict(item.split("=", 1) for item in args.set)
+  compare(args.config, overrides, args.against, args.steps, args.rounds)
   if not args.no_breakdown:
-    breakdown(args.config, args.rounds)
+    breakdown(args.config, overrides, args.rounds)
   return 0
 
 
