@@ -230,6 +230,14 @@ def _check_predictor_reads_the_recipe(model_dir, cfg):
   assert other.threshold == 0.5
   cut = np.log(cfg.threshold / (1 - cfg.threshold))  # 0.35 -> -0.62; 0.5 -> 0
   np.testing.assert_allclose(other.predict(image, "the red circle"), logits + cut, rtol=0, atol=1e-5)
+  # The one loader of the CLI, the demo and the overlays takes the export for a DIT model, and its
+  # answer has no no-target verdict.
+  from jaxris.inference.text_predictors import load_text_predictor
+  kind, loaded = load_text_predictor(model_dir)
+  assert kind == "dit" and isinstance(loaded, RisPredictor)
+  said, no_target = loaded.predict_with_target(image, "the red circle")
+  assert no_target is None
+  np.testing.assert_allclose(said, logits + cut, rtol=0, atol=1e-5)
   recipe.update(max_tokens=12)
   json.dump(recipe, open(os.path.join(model_dir, RECIPE_FILE), "w"))
   assert RisPredictor(model_dir).tokenizer.max_length == 12
