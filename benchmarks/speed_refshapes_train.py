@@ -103,8 +103,8 @@ class Worker:
   def __init__(self, tree: str, config: str, overrides: dict):
     env = {**os.environ, "PYTHONPATH": tree, "TF_CPP_MIN_LOG_LEVEL": "2"}
     here = os.path.dirname(os.path.abspath(__file__))
-    self.proc = subprocess.Popen([sys.executable, "-c", WORKER, config, here, json.dumps(overrides)], cwd=tree, env=env, text=True,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    self.proc = subprocess.Popen([sys.executable, "-c", WORKER, config, here, json.dumps(overrides)], cwd=tree,
+                                 env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     self.batch = self._read()["ready"]
 
   def _read(self) -> dict:
