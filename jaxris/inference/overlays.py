@@ -13,15 +13,10 @@ from jaxris.inference.text_predictors import load_text_predictor
 from jaxris.visualize import comparison
 
 
-def text_predictor(model_dir: str):
-  """A model exported by jaxris.train (DIT, EVF-SAM or the bridge) -> predict(image, text) -> logits, > 0 = mask."""
-  return load_text_predictor(model_dir)[1].predict
-
-
 def write_examples(model_dir: str, examples: list[dict], out_dir: str) -> list[str]:
   """Pictures of the model's masks for dataset examples (their first sentence): the phrase and the IoU
   on top, ground truth in green on the left, the prediction in blue on the right."""
-  predictor = text_predictor(model_dir)
+  predictor = load_text_predictor(model_dir)[1].predict  # DIT, EVF-SAM or the bridge: logits, > 0 = mask
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for i, ex in enumerate(examples):
