@@ -71,6 +71,14 @@ def make_optimizer(cfg, params: dict, steps_per_epoch: int, total_steps: int):
   schedule = lr_schedule(opt, steps_per_epoch, total_steps)
   tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip) if opt.grad_clip else optax.identity(),
                    optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay))
+  rules = tuple(opt.get("lr_scale", ()))
+  unmatched = [prefix for prefix, _ in rules if not any(_under(k, prefix) for k in params)]
+  if unmatched:
+    raise ValueError(f"optimizer.lr_scale: no parameter lies under {unmatched} (module prefixes such as "
+                     f"{sorted({k.split('.')[0] for k in params})})")
+  scales = {k: lr_scale(k, rules) for k in params}
+  if any(s != 1.0 for s in scales.values()):
+    tx = optax.chain(tx, scale_updates_by_name(scales))
   labels = {k: "frozen" if is_frozen(k, cfg.freeze) else "train" for k in params}
   tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   if cfg.grad_accum > 1:
@@ -79,7 +87,27 @@ def make_optimizer(cfg, params: dict, steps_per_epoch: int, total_steps: int):
 
 
 def is_frozen(name: str, frozen: tuple[str, ...]) -> bool:
-  return any(name == f or name.startswith(f + ".") for f in frozen)
+  return any(_under(name, f) for f in frozen)
+
+
+def _under(name: str, prefix: str) -> bool:
+  return name == prefix or name.startswith(prefix + ".")
+
+
+def lr_scale(name: str, rules) -> float:
+  """The learning-rate multiplier of parameter `name`: the first (module prefix, scale) rule of
+  `optimizer.lr_scale` whose prefix holds it, else 1 (e.g. (("mask_decoder", 0.3),): a pretrained
+  decoder learns at 0.3x the rate of the randomly initialised encoder)."""
+  return next((float(s) for prefix, s in rules if _under(name, prefix)), 1.0)
+
+
+def scale_updates_by_name(scales: dict):
+  """Multiplies each parameter's update by its scale: after Adam(W) this is the same as scaling that
+  parameter's learning rate (weight decay included), while gradient clipping stays global."""
+  def update(updates, state, params=None):
+    del params
+    return {k: jax.tree.map(lambda u, s=scales[k]: u * s, u) for k, u in updates.items()}, state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 @dataclasses.dataclass

@@ -102,6 +102,27 @@ def test_frozen_modules_do_not_move():
   assert {"text_proj.kernel", "mask_decoder.transformer.layers.0.self_attn.q_proj.kernel"} <= moved
 
 
+def test_lr_scale_multiplies_the_update_of_its_modules():
+  """optimizer.lr_scale: the parameters under a prefix move by exactly `scale` times the step of the
+  same run without it (Adam's step is linear in the learning rate), the others are untouched, and
+  a prefix that names no parameter is refused."""
+  cfg = _config(ema_decay=0.0)
+  base, _ = _one_step((1, 1, 1), cfg)
+  cfg.optimizer.lr_scale = (("mask_decoder.transformer", 0.25), ("mask_decoder", 0.0))
+  scaled, _ = _one_step((1, 1, 1), cfg)
+  init = _tiny_params()
+  for name, value in base["params"].items():
+    step, got = np.asarray(value) - init[name], np.asarray(scaled["params"][name]) - init[name]
+    scale = 0.25 if name.startswith("mask_decoder.transformer.") else 0.0 if name.startswith("mask_decoder.") else 1.0
+    ulp = 2 * float(np.spacing(np.abs(np.asarray(init[name])).max()))  # the float32 rounding of p + step
+    np.testing.assert_allclose(got, scale * step, rtol=0, atol=ulp, err_msg=name)
+  assert np.any(np.asarray(base["params"]["mask_decoder.transformer.layers.0.self_attn.q_proj.kernel"])
+                != init["mask_decoder.transformer.layers.0.self_attn.q_proj.kernel"])
+  cfg.optimizer.lr_scale = (("mask_decodr", 0.5),)
+  with pytest.raises(ValueError, match="mask_decodr"):
+    _one_step((1, 1, 1), cfg)
+
+
 def _refshapes_run(**overrides):
   cfg = ldit_vitb.get_config("refshapes")
   cfg.model.sam_overrides = dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2,

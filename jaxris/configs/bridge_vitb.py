@@ -77,6 +77,7 @@ def get_config(arg=None):
   c.steps = a.steps or 100_000
   c.optimizer = mlc.ConfigDict(dict(
       lr=5e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, grad_clip=0.01,
+      lr_scale=(),                  # ((module prefix, multiplier), ...): per-module learning rates
       schedule="step", warmup_steps=0, warmup_epochs=0.0, warmup_lr=5e-5, min_lr=0.0,
       milestones=(), gamma=0.1,
       milestone_steps=(60_000, 90_000),  # lr x gamma at these iterations (the official MultiStepLR)

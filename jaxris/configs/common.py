@@ -99,6 +99,7 @@ def dit_optimizer() -> mlc.ConfigDict:
   """The official DIT optimiser: Adam (0.9, 0.98, eps 1e-9), clip 0.15, warm-up + cosine ('wcosine')."""
   return mlc.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0, grad_clip=0.15,
+      lr_scale=(),                  # ((module prefix, multiplier), ...): per-module learning rates
       schedule="wcosine",           # official code; "step": the paper's x0.2 at epochs 30 and 35
       warmup_steps=0, warmup_epochs=3.0, warmup_lr=1e-7, min_lr=1e-6,
       milestones=(30, 35), gamma=0.2,  # used by schedule="step" only

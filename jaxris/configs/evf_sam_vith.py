@@ -61,6 +61,7 @@ def get_config(arg=None):
   c.steps = a.steps or 15000
   c.optimizer = mlc.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
+      lr_scale=(),                  # ((module prefix, multiplier), ...): per-module learning rates
       schedule="linear", warmup_steps=100, warmup_epochs=0.0, warmup_lr=0.0, min_lr=0.0,
       milestones=(), gamma=1.0,     # used by schedule="step" only
   ))
