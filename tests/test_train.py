@@ -102,12 +102,12 @@ def test_frozen_modules_do_not_move():
   assert {"text_proj.kernel", "mask_decoder.transformer.layers.0.self_attn.q_proj.kernel"} <= moved
 
 
-def test_lr_scale_multiplies_the_update_of_its_modules():
+def test_lr_scale_multiplies_the_update_of_its_modules(single_device):
   """optimizer.lr_scale: the parameters under a prefix move by exactly `scale` times the step of the
   same run without it (Adam's step is linear in the learning rate), the others are untouched, and
   a prefix that names no parameter is refused."""
-  cfg = _config(ema_decay=0.0)
-  base, _ = _one_step((1, 1, 1), cfg)
+  base, _ = single_device  # the same recipe without lr_scale (its EMA does not touch the parameters)
+  cfg = _config()
   cfg.optimizer.lr_scale = (("mask_decoder.transformer", 0.25), ("mask_decoder", 0.0))
   scaled, _ = _one_step((1, 1, 1), cfg)
   init = _tiny_params()
