@@ -72,10 +72,9 @@ def make_optimizer(cfg, params: dict, steps_per_epoch: int, total_steps: int):
   tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip) if opt.grad_clip else optax.identity(),
                    optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay))
   rules = tuple(opt.get("lr_scale", ()))
-  unmatched = [prefix for prefix, _ in rules if not any(_under(k, prefix) for k in params)]
-  if unmatched:
-    raise ValueError(f"optimizer.lr_scale: no parameter lies under {unmatched} (module prefixes such as "
-                     f"{sorted({k.split('.')[0] for k in params})})")
+  problem = lr_scale_problem(rules, params)
+  if problem:
+    raise ValueError(problem)
   scales = {k: lr_scale(k, rules) for k in params}
   if any(s != 1.0 for s in scales.values()):
     tx = optax.chain(tx, scale_updates_by_name(scales))
@@ -99,6 +98,16 @@ def lr_scale(name: str, rules) -> float:
   `optimizer.lr_scale` whose prefix holds it, else 1 (e.g. (("mask_decoder", 0.3),): a pretrained
   decoder learns at 0.3x the rate of the randomly initialised encoder)."""
   return next((float(s) for prefix, s in rules if _under(name, prefix)), 1.0)
+
+
+def lr_scale_problem(rules, names) -> str | None:
+  """What is wrong with `optimizer.lr_scale` for these parameter names (a prefix that holds none of
+  them is a typo that would silently train at the base rate), or None."""
+  unmatched = [prefix for prefix, _ in rules if not any(_under(k, prefix) for k in names)]
+  if unmatched:
+    return (f"optimizer.lr_scale: no parameter lies under {unmatched}; the model's top-level modules are "
+            f"{sorted({k.split('.')[0] for k in names})}")
+  return None
 
 
 def scale_updates_by_name(scales: dict):
@@ -235,6 +244,10 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> int:
           "'gt_category'), at evaluation too; its numbers are not referring segmentation results", file=sys.stderr)
   graphdef, params, rest = split_params(model)
   del model
+  problem = lr_scale_problem(tuple(cfg.optimizer.get("lr_scale", ())), params)
+  if problem:
+    print(f"jaxris.train: error: {problem}", file=sys.stderr)
+    return 2
   trainer = create_trainer(cfg, graphdef, params, rest, mesh, steps_per_epoch, total_steps)
   state = trainer.state
   forward = ev.forward_fn(graphdef, rest)

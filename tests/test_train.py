@@ -123,6 +123,14 @@ def test_lr_scale_multiplies_the_update_of_its_modules(single_device):
     _one_step((1, 1, 1), cfg)
 
 
+def test_lr_scale_typo_stops_the_run(tmp_path, capsys):
+  cfg = _refshapes_run()
+  cfg.optimizer.lr_scale = (("mask_decodr", 0.5),)
+  assert train(cfg, str(tmp_path / "w")) == 2
+  err = capsys.readouterr().err
+  assert "optimizer.lr_scale" in err and "mask_decodr" in err and "'mask_decoder'" in err
+
+
 def _refshapes_run(**overrides):
   cfg = ldit_vitb.get_config("refshapes")
   cfg.model.sam_overrides = dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2,
