@@ -55,6 +55,10 @@ def _launch(workdir, devices: int, process=None, extra=()):
          "--workdir", str(workdir), *TINY, *extra]
   if process is not None:
     pid, count, port = process
+    # No compilation cache (tests/conftest.py) for a multi-process run: a process that loads the step
+    # from the cache reaches the first collective while the other is still compiling, and gloo's
+    # context set-up gives up after 30 s (seen under CI load). Both compiling keeps them in step.
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     cmd += ["--coordinator", f"127.0.0.1:{port}", "--num_processes", str(count), "--process_id", str(pid)]
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
