@@ -14,7 +14,8 @@ import tempfile
 
 
 def _compilation_cache_dir() -> str:
-  """One directory per pytest run: xdist's run id names it; a run without xdist gets its own."""
+  """One directory per pytest run. Under xdist the controller imports this file first and its workers
+  inherit the directory it made; a worker started without it (its run id set) names one by the run id."""
   run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
   if run_id:
     return os.path.join(tempfile.gettempdir(), f"jaxris-tests-xla-cache-{run_id}")
