@@ -57,7 +57,8 @@ def _launch(workdir, devices: int, process=None, extra=()):
     pid, count, port = process
     # No compilation cache (tests/conftest.py) for a multi-process run: a process that loads the step
     # from the cache reaches the first collective while the other is still compiling, and gloo's
-    # context set-up gives up after 30 s (seen under CI load). Both compiling keeps them in step.
+    # context set-up gives up after 30 s (seen under CI load). JAX writes the cache from process 0 only,
+    # so a barrier in jaxris.train does not cure it (tried in session 9). Both compiling keeps them in step.
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     cmd += ["--coordinator", f"127.0.0.1:{port}", "--num_processes", str(count), "--process_id", str(pid)]
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
