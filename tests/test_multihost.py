@@ -110,14 +110,6 @@ def reference(tmp_path_factory):
   return _run(tmp_path_factory.mktemp("one_process"), 1)
 
 
-def test_two_processes_equal_one(reference, tmp_path):
-  two = _run(tmp_path / "two", 2)
-  _assert_same(two, reference, atol=1e-5)
-  assert _evals(two) == pytest.approx(_evals(reference), abs=1e-6)
-  losses = [json.loads(l) for l in open(os.path.join(two, "metrics.jsonl")) if '"loss"' in l]
-  assert [l["step"] for l in losses] == list(range(1, STEPS + 1))  # written once: by process 0 alone
-
-
 def _logged_steps(workdir) -> int:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
@@ -154,11 +146,16 @@ def test_kill_9_during_a_checkpoint_write_resumes_exactly(reference, tmp_path):
   _assert_same(tmp_path / "run", reference)
 
 
-def test_resume_from_one_process_on_two(reference, tmp_path):
+def test_resume_from_one_process_on_two_equals_one_process(reference, tmp_path):
+  """Steps 1-4 on one process, 5-6 on two (2 devices each): the two-process steps, their evaluation and
+  their logging match the uninterrupted one-process run."""
   _run(tmp_path / "run", 1, extra=["--stop_after", "4"])
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]
   _run(tmp_path / "run", 2)
   _assert_same(tmp_path / "run", reference, atol=1e-5)
+  assert _evals(tmp_path / "run") == pytest.approx(_evals(reference), abs=1e-6)
+  losses = [json.loads(l) for l in open(os.path.join(tmp_path / "run", "metrics.jsonl")) if '"loss"' in l]
+  assert [l["step"] for l in losses] == list(range(1, STEPS + 1))  # steps 5-6 written once: by process 0 alone
 
 
 def test_resume_from_two_processes_on_one(reference, tmp_path):
