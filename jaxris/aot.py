@@ -235,10 +235,27 @@ def tpu_attention_path() -> str:
   return chosen if chosen in ("xla", "pallas") else "pallas"
 
 
+def tpu_devices(topology: str) -> np.ndarray:
+  """The chips of `topology` as JAX devices described by libtpu (no TPU needed), one per chip."""
+  from jax.experimental import topologies
+
+  gen, chips = parse_topology(topology)
+  # libtpu describes a v4 chip as its two TensorCores unless asked for megacore, the mode JAX runs
+  # v4 in (one device per chip); v5e, v5p and v6e are described one device per chip already.
+  options = {"chip_config_name": "megacore"} if gen == "v4" else {}
+  try:
+    desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", **options)
+  except Exception as e:  # libtpu rejects shapes that are no real slice
+    raise BadInput(f"topology {topology!r} is not one libtpu knows: {str(e).splitlines()[0]}") from None
+  devices = np.asarray(desc.devices)
+  if devices.size != chips:
+    raise BadInput(f"topology {topology} has {devices.size} devices, expected {chips} chips")
+  return devices
+
+
 def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
   """Compiles `cfg`'s train step for `topology` and returns the report (see `format_table`)."""
   import jax
-  from jax.experimental import topologies
   from jax.sharding import Mesh
 
   from jaxris.models.functional import split_params
@@ -252,13 +269,7 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
     raise BadInput(f"batch_size {cfg.batch_size} / grad_accum {cfg.grad_accum} is not a multiple of the "
                    f"data x fsdp mesh size {data_parallel}")
   micro_batch = cfg.batch_size // cfg.grad_accum
-  try:
-    desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
-  except Exception as e:  # libtpu rejects shapes that are no real slice
-    raise BadInput(f"topology {topology!r} is not one libtpu knows: {str(e).splitlines()[0]}") from None
-  devices = np.asarray(desc.devices)
-  if devices.size != chips:
-    raise BadInput(f"topology {topology} has {devices.size} devices, expected {chips} chips")
+  devices = tpu_devices(topology)
   mesh = Mesh(devices.reshape(mesh_shape), AXES)
 
   model = abstract_model(cfg)

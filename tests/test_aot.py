@@ -88,3 +88,12 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
   lines = [line for line in r.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and lines[0].startswith("jaxris.aot: error: ") and message in lines[0], r.stderr
 
+
+
+def test_a_v4_topology_is_one_device_per_chip():
+  """libtpu describes v4 by TensorCore (two per chip) unless asked for megacore, as JAX runs v4."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  r = subprocess.run([sys.executable, "-c", "from jaxris.aot import tpu_devices; "
+                      "print([len(tpu_devices(t)) for t in ('v4:2x2x1', 'v5p:2x2x1', 'v5e:2x2')])"],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[4, 4, 4]", (r.stdout, r.stderr[-2000:])
