@@ -28,6 +28,7 @@ def test_stored_without_outputs(path):
 def test_runs_top_to_bottom(path, tmp_path, monkeypatch):
   monkeypatch.setenv("JAXRIS_NOTEBOOK_WORKDIR", str(tmp_path / "work"))
   monkeypatch.setenv("JAXRIS_NOTEBOOK_RUN", str(tmp_path / "no_trained_run"))  # always exercise the training cell
+  monkeypatch.setenv("JAXRIS_NOTEBOOK_STEPS", "10")  # the cell as a user runs it, fewer steps (its 40: ~25 s more here)
   nb = nbformat.read(path, as_version=4)
   client = NotebookClient(nb, timeout=1200, kernel_name="python3",
                           resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}})
