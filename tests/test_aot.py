@@ -89,7 +89,6 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
   assert len(lines) == 1 and lines[0].startswith("jaxris.aot: error: ") and message in lines[0], r.stderr
 
 
-
 def test_a_v4_topology_is_one_device_per_chip():
   """libtpu describes v4 by TensorCore (two per chip) unless asked for megacore, as JAX runs v4."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
