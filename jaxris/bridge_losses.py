@@ -232,7 +232,7 @@ def hungarian_match(cost, valid, matcher: str = "jax"):
   cost = jax.lax.stop_gradient(cost)
   if matcher == "scipy":
     return jax.pure_callback(_scipy_match, jax.ShapeDtypeStruct(valid.shape, jnp.int32), cost, valid,
-                             vmap_method="expand_dims")
+                             vmap_method="broadcast_all")
   if matcher != "jax":
     raise ValueError(f"matcher must be 'jax' or 'scipy', got {matcher!r}")
   return jax.vmap(linear_sum_assignment)(jnp.swapaxes(cost, 1, 2), valid)
@@ -361,16 +361,23 @@ def bridge_loss(outputs, targets, key, weights: LossWeights | None = None, *,
   terms = {}
   terms["main_mask_bce_loss"], terms["main_mask_dice_loss"] = sam_mask_loss(
       outputs["sam_logits"], targets["mask"], empty, w.bce, w.dice)
+  # The final set and the auxiliary ones have the same shapes: one vmapped set loss instead of a
+  # Python loop compiles the matcher and the point sampling once, not once per set.
   sets = [outputs] + list(outputs.get("aux_outputs", []))
+  stacked = {n: jnp.stack([s[n] for s in sets]) for n in ("pred_masks", "pred_logits", "pred_logits_bertcls")}
+  stack = lambda seq: None if seq is None else jnp.stack(seq)
   num_masks = jnp.maximum(valid.sum(), 1).astype(jnp.float32)
+
+  def one_set(pred, k, match, match_coords, loss_coords):
+    return set_loss(pred, targets, k, w, num_masks, match=match, match_coords=match_coords,
+                    loss_coords=loss_coords)[0]
+
+  set_terms = jax.vmap(one_set)(stacked, jax.random.split(key, len(sets)), stack(matches),
+                                stack(match_coords), stack(loss_coords))
   scale = {"loss_mask": w.mask, "loss_dice": w.mask_dice, "loss_ce": w.clip_ce, "loss_ce_bertcls": w.bert_cls}
-  pick = lambda seq, i: None if seq is None else seq[i]
-  for i, (pred, k) in enumerate(zip(sets, jax.random.split(key, len(sets)))):
-    pred = {n: pred[n] for n in ("pred_masks", "pred_logits", "pred_logits_bertcls")}
-    set_terms, _ = set_loss(pred, targets, k, w, num_masks, match=pick(matches, i),
-                            match_coords=pick(match_coords, i), loss_coords=pick(loss_coords, i))
+  for i in range(len(sets)):
     suffix = "" if i == 0 else f"_{i - 1}"
-    terms.update({name + suffix: v * scale[name] * w.dfam for name, v in set_terms.items()})
+    terms.update({name + suffix: v[i] * scale[name] * w.dfam for name, v in set_terms.items()})
   if "nt_label" in outputs:
     terms["nt_loss"] = w.no_target * no_target_loss(outputs["nt_label"], empty, w.no_target_class_weights)
   return sum(terms.values()), terms

@@ -6,6 +6,7 @@ Small sizes: 3 samples with 2, 1 and 0 GT instances (the last is a gRefCOCO no-t
 8 queries, 16² mask predictions against 32² GT masks, 64 points.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -194,6 +195,19 @@ def test_total_equals_reference_and_gradients(data):
   assert float(jnp.abs(grads["pred_masks"]).max()) > 0 and float(jnp.abs(grads["sam_logits"]).max()) > 0
   assert float(jnp.abs(grads["pred_masks"][2]).max()) == 0  # the no-target sample has no matched mask
   assert float(jnp.abs(grads["sam_logits"][2]).max()) == 0   # nor a main-loss term
+
+
+def test_scipy_matcher_gives_the_jax_matchers_total(data):
+  """The scipy matcher (a host callback) under the loss's vmap over the prediction sets finds the
+  same matchings as the JAX solver: every term equal."""
+  outputs, targets, match_coords, loss_coords, *_ = data
+  run = fast_jit(lambda o, t, mc, lc, w: L.bridge_loss(o, t, jax.random.key(0), w, match_coords=mc, loss_coords=lc),
+                 static_argnums=4)
+  args = _jnp(outputs), _jnp(targets), _jnp(match_coords), _jnp(loss_coords)
+  _, with_jax = run(*args, W)
+  _, with_scipy = run(*args, dataclasses.replace(W, matcher="scipy"))
+  for k in with_jax:
+    np.testing.assert_allclose(float(with_scipy[k]), float(with_jax[k]), rtol=1e-6, err_msg=k)
 
 
 def test_random_points_and_all_empty(data):
