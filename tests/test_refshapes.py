@@ -312,6 +312,29 @@ def test_split_sizes_and_bad_requests():
     refshapes.RefShapesConfig(min_shapes=5, max_shapes=4)
 
 
+def test_lazy_examples_render_each_example_once_when_first_read(monkeypatch):
+  """What training reads (jaxris.data.inputs.train_examples): the same examples as examples(), each
+  rendered on its first read only; its length and the loader's training items render none."""
+  from jaxris.data.loader import expand_examples
+  from jaxris.data.refshapes import render
+  want = list(refshapes.examples(SMALL, "train"))
+  rendered = []
+  real = render.example
+  monkeypatch.setattr(render, "example", lambda config, split, i: rendered.append(i) or real(config, split, i))
+  lazy = refshapes.LazyExamples(SMALL, "train")
+  assert len(lazy) == 7
+  np.testing.assert_array_equal(expand_examples(lazy, per_sentence=False), [[i, -1] for i in range(7)])
+  assert rendered == []
+  got = [lazy[2], lazy[-1], *lazy[1:3], lazy[2]]
+  assert rendered == [2, 6, 1]
+  for ex, i in zip(got, [2, 6, 1, 2, 2]):
+    assert ex["sentences"] == want[i]["sentences"] and ex["ref_id"] == want[i]["ref_id"]
+    np.testing.assert_array_equal(ex["image"], want[i]["image"])
+    np.testing.assert_array_equal(ex["mask"], want[i]["mask"])
+  with pytest.raises(IndexError):
+    lazy[7]
+
+
 def test_most_targets_have_a_same_kind_or_same_colour_distractor():
   for split in refshapes.SPLITS:
     hits = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from jaxris.data import transforms
 
@@ -36,7 +37,10 @@ def _read(cfg, split: str) -> list[dict]:
   return refcoco.read_split(cfg.data.root, cfg.data.dataset, split)
 
 
-def train_examples(cfg) -> list[dict]:
+def train_examples(cfg) -> Sequence[dict]:
+  if cfg.data.name == "refshapes":  # rendered as the loader draws them, not all before the first step
+    from jaxris.data.refshapes import LazyExamples
+    return LazyExamples(_refshapes_config(cfg), cfg.data.train_split)
   return _read(cfg, cfg.data.train_split)
 
 

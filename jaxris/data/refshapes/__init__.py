@@ -9,7 +9,8 @@ shape in the image.
 
   scene.py     the configuration, shapes and their placement, the splits; `scene()`
   language.py  the expressions (four families, each checked to fit the target alone)
-  render.py    pixels and masks, `example()` / `examples()` dicts, the contact sheet
+  render.py    pixels and masks, `example()` / `examples()` dicts, `LazyExamples` (rendered on
+               first read, for training), the contact sheet
   __main__.py  python -m jaxris.data.refshapes --out DIR --split val --count 16
 
 Splits (mirroring RefCOCO's testA/testB naming in spirit: RefCOCO's testA holds
@@ -39,10 +40,11 @@ description (kinds, colours, sizes, centres) for inspection and tests.
 """
 
 from jaxris.data.refshapes.language import EXPRESSION_TYPES, expression_type
-from jaxris.data.refshapes.render import NO_TARGET_SPLITS, contact_sheet, example, examples, shape_mask
+from jaxris.data.refshapes.render import (NO_TARGET_SPLITS, LazyExamples, contact_sheet, example, examples,
+                                          shape_mask)
 from jaxris.data.refshapes.scene import (COLOURS, HELD_OUT, KINDS, SPLITS, RefShapesConfig, Scene,
                                          Shape, scene, split_size)
 
 __all__ = ["RefShapesConfig", "Shape", "Scene", "SPLITS", "NO_TARGET_SPLITS", "KINDS", "COLOURS", "HELD_OUT",
-           "split_size", "scene", "example", "examples", "shape_mask", "contact_sheet", "EXPRESSION_TYPES",
-           "expression_type"]
+           "split_size", "scene", "example", "examples", "LazyExamples", "shape_mask", "contact_sheet",
+           "EXPRESSION_TYPES", "expression_type"]

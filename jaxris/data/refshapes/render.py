@@ -21,6 +21,7 @@ the wording come from a third random stream of the base example, so the base spl
 
 import colorsys
 import math
+from collections.abc import Sequence
 from typing import Iterator
 
 import numpy as np
@@ -161,6 +162,40 @@ def examples(config, split, start=0, stop=None) -> Iterator[dict]:
     stop = split_size(config, base)
   for index in range(start, stop):
     yield example(config, split, index)
+
+
+class LazyExamples(Sequence):
+  """All examples of `split` as a sequence that renders each one when first read, then keeps it.
+
+  A training run reads its examples through the loader's threads: rendering them there, as they are
+  drawn, lets the first step start without rendering the whole split first (the 5000 train scenes of
+  README command 1 take about half a minute), and a short run renders only what it reads. Example i is a
+  pure function of (config, split, i), so two threads racing on one index keep equal copies.
+  """
+
+  valid_by_construction = True  # every example has an image, a mask and sentences (the loader's check)
+
+  def __init__(self, config, split):
+    base = split[:-len(NO_TARGET_SUFFIX)] if split in NO_TARGET_SPLITS else split
+    self.config, self.split, self._size = config, split, split_size(config, base)
+    self._kept = {}
+
+  def __len__(self):
+    return self._size
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(self._size))]
+    index = int(index)
+    if index < 0:
+      index += self._size
+    if not 0 <= index < self._size:
+      raise IndexError(f"{self.split} has {self._size} examples, not index {index}")
+    ex = self._kept.get(index)
+    if ex is None:
+      ex = self._kept[index] = example(self.config, self.split, index)
+    return ex
+
 
 
 # ---------------------------------------------------------------- contact sheet
