@@ -362,7 +362,7 @@ def bridge_loss(outputs, targets, key, weights: LossWeights | None = None, *,
   terms["main_mask_bce_loss"], terms["main_mask_dice_loss"] = sam_mask_loss(
       outputs["sam_logits"], targets["mask"], empty, w.bce, w.dice)
   # The final set and the auxiliary ones have the same shapes: one vmapped set loss instead of a
-  # Python loop compiles the matcher and the point sampling once, not once per set.
+  # Python loop runs one batched matcher loop, not one after another per set.
   sets = [outputs] + list(outputs.get("aux_outputs", []))
   stacked = {n: jnp.stack([s[n] for s in sets]) for n in ("pred_masks", "pred_logits", "pred_logits_bertcls")}
   stack = lambda seq: None if seq is None else jnp.stack(seq)

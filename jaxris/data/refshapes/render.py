@@ -168,7 +168,7 @@ class LazyExamples(Sequence):
   """All examples of `split` as a sequence that renders each one when first read, then keeps it.
 
   A training run reads its examples through the loader's threads: rendering them there, as they are
-  drawn, lets the first step start without rendering the whole split first (the 5000 train scenes of
+  drawn, lets the first step start without rendering the whole split first (the 6000 train scenes of
   README command 1 take about half a minute), and a short run renders only what it reads. Example i is a
   pure function of (config, split, i), so two threads racing on one index keep equal copies.
   """
