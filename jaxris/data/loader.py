@@ -347,4 +347,13 @@ def make_dataset(examples: Sequence[dict], preprocess_config, tokenizer, batch_s
   ds = ds.map(tf_load, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
               deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
+  # No tf.data autotuning: its model thread sleeps between rounds, longer as the run goes on, and the
+  # iterator's destructor waits for it to wake (gdb: ~LogicalThreadWrapper waiting on OptimizeLoop); a two-
+  # process run of tests/test_multihost.py hung 30-60 s after its last line in 6 of 10 tries, in none of 3
+  # without it. AUTOTUNE's parallelism then stays at tf.data's starting value, which gives the main job's
+  # batches as fast as autotuning did on 2 cores: 145-157 against 135-151 images/s for the pipeline alone
+  # (one call per core: 113-130), far above the train step's rate.
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  ds = ds.with_options(options)
   return ds.prefetch(prefetch) if prefetch else ds
