@@ -53,7 +53,7 @@ def _batch(n=8, size=64):
 @contextlib.contextmanager
 def _little_optimisation():
   """XLA without most of its optimisations: a test that runs one step of a tiny model spends nearly all
-  its time compiling it (the one-step tests of this module alone: 202 s against 251 s)."""
+  its time compiling it (the one-step tests of this module alone: 193 s against 251 s)."""
   before = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", True)
   try:
