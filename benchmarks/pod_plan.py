@@ -65,7 +65,9 @@ def run_row(row, timeout: float) -> dict:
 NOTE = ("Compiler estimates (XLA's memory_analysis / cost_analysis for the TPU, compiled on a CPU host with "
         "libtpu), not measured runs. MFU = analytic model FLOPs / (estimated step time x chips x peak bf16 "
         "FLOP/s); the step time is XLA's TPU cost model's (optimal_seconds) where it gives one, else the roofline "
-        "of XLA's per-chip FLOPs and HBM bytes; communication not included.")
+        "of XLA's per-chip FLOPs and HBM bytes; communication not included. XLA has no cost for the two backward "
+        "kernels of Pallas flash attention (it charges them their bytes only): their FLOPs are added at peak "
+        "(jaxris/pallas_costs.py; before session 13 they were not, and ViT-H on v5p-128 read 45%).")
 
 
 def table(rows, results: dict) -> str:
@@ -82,7 +84,7 @@ def table(rows, results: dict) -> str:
       lines.append(f"| {what} | {topology} | {mesh} | | | {note} | | | | {cmd} |")
       continue
     pod = f"{topology} ({r['chips']} chips)"
-    source = {"xla optimal_seconds": "cost model", "roofline of xla flops/bytes": "roofline"}.get(r["step_time_source"], "")
+    source = "cost model" if r["step_time_source"].startswith("xla optimal_seconds") else "roofline"
     mfu = "n/a" if r["estimated_mfu"] is None else f"{100 * r['estimated_mfu']:.0f}% ({source})"
     ips = "n/a" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"
     lines.append(f"| {what} | {pod} | {tuple(r['mesh'])} | {r['dtype']} / {r['remat']} | {r.get('attention', 'xla')} | "

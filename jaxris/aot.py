@@ -12,7 +12,9 @@ temporaries - aliased, from ``memory_analysis()``) against the chip's HBM, FLOPs
 implies. The step time is the TPU cost model's ``optimal_seconds`` where it is valid; for whole
 train steps it usually is not (negative), and then it is the roofline of XLA's own per-chip counts
 (its FLOPs at peak or its bytes accessed at HBM bandwidth, whichever is slower; communication not
-included), which the table says. These are compiler estimates, not measurements. Every model
+included), which the table says. Flash attention's backward kernels (Pallas) reach XLA without a
+cost estimate, so their FLOPs are added to either (`estimate_step`, jaxris/pallas_costs.py). These
+are compiler estimates, not measurements. Every model
 family compiles (dit, evf, bridge); the analytic FLOPs count the encoders (see `model_flops`).
 Exit status: 0 when it compiled (fitting or not), 1 when libtpu is missing or the compile fails,
 2 on bad input.
@@ -35,6 +37,8 @@ os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 import numpy as np  # noqa: E402
+
+from jaxris import pallas_costs  # noqa: E402
 
 # chip generation -> (HBM bytes per chip, peak bf16 FLOP/s per chip, HBM bytes/s per chip)
 CHIPS = {
@@ -253,6 +257,33 @@ def tpu_devices(topology: str) -> np.ndarray:
   return devices
 
 
+def estimate_step(cost: dict, kernels: list, peak: float, bandwidth: float) -> tuple[float | None, str, float]:
+  """(step seconds, where they come from, seconds the uncosted Pallas kernels added) for one chip's
+  program, from XLA's ``cost_analysis()`` and `pallas_costs.uncosted_kernels`.
+
+  XLA's TPU cost model gives the whole program's time as `optimal_seconds`; for a train step it is
+  often not valid (negative). Then the estimate is the roofline of XLA's own per-chip counts: the
+  slower of its FLOPs at peak and its bytes accessed at HBM bandwidth (no communication). Both miss
+  the matmul work of Pallas kernels built without a cost estimate (flash attention's backward): the
+  cost model charges them their bytes only, so each gets the time its FLOPs take at peak beyond
+  that, and the roofline gets their FLOPs.
+  """
+  kernel_flops = sum(k.flops for k in kernels if k.flops)
+  seconds = float(cost.get("optimal_seconds", -1.0))
+  if seconds > 0:
+    base, source = seconds, "xla optimal_seconds"
+    full = seconds + sum(max(0.0, k.flops / peak - k.bytes / bandwidth) for k in kernels if k.flops)
+  elif cost.get("flops"):
+    roofline = lambda flops: max(flops / peak, float(cost.get("bytes accessed", 0.0)) / bandwidth)
+    base, source = roofline(float(cost["flops"])), "roofline of xla flops/bytes"
+    full = roofline(float(cost["flops"]) + kernel_flops)
+  else:
+    return None, "none", 0.0
+  if kernel_flops:
+    source += " + Pallas backward FLOPs"
+  return full, source, full - base
+
+
 def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
   """Compiles `cfg`'s train step for `topology` and returns the report (see `format_table`)."""
   import jax
@@ -303,17 +334,9 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
               - mem.alias_size_in_bytes)
   xla_flops = float(cost.get("flops", 0.0)) * chips  # the cost is of one chip's (SPMD) program
   analytic = model_flops(cfg, model, micro_batch)
-  # XLA's TPU cost model gives the whole program's time as `optimal_seconds`; for a train step it
-  # is often not valid (negative). Then the estimate is the roofline of XLA's own per-chip counts:
-  # the slower of its FLOPs at peak and its bytes accessed at HBM bandwidth (no communication).
-  seconds = float(cost.get("optimal_seconds", -1.0))
-  if seconds > 0:
-    step_s, source = seconds, "xla optimal_seconds"
-  elif cost.get("flops"):
-    step_s = max(float(cost["flops"]) / peak, float(cost.get("bytes accessed", 0.0)) / bandwidth)
-    source = "roofline of xla flops/bytes"
-  else:
-    step_s, source = None, "none"
+  kernels = [] if refused else pallas_costs.uncosted_kernels(compiled.as_text())
+  step_s, source, kernel_s = estimate_step(cost, kernels, peak, bandwidth)
+  kernel_flops = sum(k.flops for k in kernels if k.flops)
   return {
       "topology": topology, "chips": chips, "mesh": list(mesh_shape), "global_batch": micro_batch,
       "grad_accum": cfg.grad_accum, "dtype": cfg.model.dtype,
@@ -327,6 +350,10 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
       "estimated_mfu": analytic / (step_s * chips * peak) if step_s else None,
       "images_per_s": micro_batch / step_s if step_s else None,
       "peak_flops_per_chip": peak,
+      # Pallas kernels XLA has no cost for, one chip's program: FLOPs added to the estimate above, and
+      # the names of any whose FLOPs jaxris does not know either (their time is then bytes only).
+      "uncosted_kernels": {"count": len(kernels), "flops": kernel_flops, "seconds_added": kernel_s,
+                           "unknown": sorted({k.name for k in kernels if k.flops is None})},
       "compiler_refused": refused,  # set when XLA would not compile it for lack of HBM (fits: false)
       "xla_cost": {k: float(v) for k, v in cost.items() if "{" not in k},  # one chip's program
   }
@@ -349,12 +376,20 @@ def format_table(r: dict) -> str:
                                                                              "aliased"))),
       ("FLOPs/step (analytic)", f"{r['model_flops_per_step']:.3e}"),
       ("FLOPs/step (XLA)", f"{r['xla_flops_per_step']:.3e}" if r["xla_flops_per_step"] else "n/a"),
+      ("Pallas kernels XLA cannot cost", _uncosted_row(r["uncosted_kernels"], r["chips"])),
       ("est. step time", opt(r["estimated_step_s"], lambda s: f"{s * 1e3:.1f} ms ({r['step_time_source']})")),
       ("est. MFU", opt(r["estimated_mfu"], lambda m: f"{100 * m:.1f}%")),
       ("est. images/s", opt(r["images_per_s"], lambda v: f"{v:.1f}")),
   ]
   w = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{w}}  {v}" for k, v in rows) + "\n(compiler estimates for the TPU, not measured runs)"
+
+
+def _uncosted_row(u: dict, chips: int) -> str:
+  if not u["count"]:
+    return "none"
+  row = f"{u['count']}: +{u['flops'] * chips:.3e} FLOPs/step, +{u['seconds_added'] * 1e3:.1f} ms in the estimate"
+  return row + (f"; not counted: {', '.join(u['unknown'])}" if u["unknown"] else "")
 
 
 def main(argv) -> int:

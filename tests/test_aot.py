@@ -57,8 +57,10 @@ def _compiled_for_a_v5e_2x2(recipe, tmp_path):
   assert report["model_flops_per_step"] > 0 and report["xla_flops_per_step"] > 0
   assert report["estimated_step_s"] > 0 and 0 < report["estimated_mfu"] <= 1
   assert report["images_per_s"] == pytest.approx(8 / report["estimated_step_s"])
+  # 64 tokens take XLA's attention: no Pallas kernel, nothing added to XLA's estimate.
+  assert report["uncosted_kernels"] == {"count": 0, "flops": 0, "seconds_added": 0.0, "unknown": []}
   for line in ("v5e:2x2 (4 chips)", "(2, 1, 2)", "per-chip memory", "of 16.00 GiB HBM: fits", "est. MFU",
-               "not measured runs"):
+               "Pallas kernels XLA cannot cost  none", "not measured runs"):
     assert line in r.stdout, (line, r.stdout)
   return report
 
@@ -96,3 +98,27 @@ def test_a_v4_topology_is_one_device_per_chip():
                       "print([len(tpu_devices(t)) for t in ('v4:2x2x1', 'v5p:2x2x1', 'v5e:2x2')])"],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[4, 4, 4]", (r.stdout, r.stderr[-2000:])
+
+
+def test_the_estimate_adds_what_pallas_backward_kernels_do_beyond_their_bytes():
+  # Flash attention's backward kernels carry no cost estimate (tests/test_attention.py finds them in a
+  # real TPU compile): XLA's cost model charges them their bytes, its FLOP count leaves them out.
+  from jaxris.aot import estimate_step
+  from jaxris.pallas_costs import Kernel
+  peak, bandwidth = 100e12, 1e12
+  compute_bound = Kernel("flash_mha_bwd_dkv_block_q_major_128", flops=3e11, bytes=int(1e9))  # 3 ms vs 1 ms
+  memory_bound = Kernel("flash_mha_bwd_dq_block_q_major_128", flops=1e10, bytes=int(2e9))    # 0.1 ms vs 2 ms
+  unknown = Kernel("some_other_kernel", flops=None, bytes=int(1e9))
+  model = {"optimal_seconds": 0.010, "flops": 5e11, "bytes accessed": 4e9}
+  step, source, added = estimate_step(model, [compute_bound, memory_bound, unknown], peak, bandwidth)
+  assert added == pytest.approx(0.002) and step == pytest.approx(0.012)
+  assert source == "xla optimal_seconds + Pallas backward FLOPs"
+  # Without a valid cost-model time: the roofline of XLA's FLOPs plus the kernels' against its bytes.
+  roofline = {"optimal_seconds": -1.0, "flops": 5e11, "bytes accessed": 4e9}
+  step, source, added = estimate_step(roofline, [compute_bound, memory_bound], peak, bandwidth)
+  assert step == pytest.approx((5e11 + 3.1e11) / peak) and added == pytest.approx(3.1e11 / peak)
+  assert source == "roofline of xla flops/bytes + Pallas backward FLOPs"
+  memory_roofline = {"optimal_seconds": -1.0, "flops": 5e11, "bytes accessed": 9e9}
+  assert estimate_step(memory_roofline, [compute_bound], peak, bandwidth)[2] == 0.0
+  assert estimate_step(model, [], peak, bandwidth) == (0.010, "xla optimal_seconds", 0.0)
+  assert estimate_step({}, [compute_bound], peak, bandwidth) == (None, "none", 0.0)

@@ -166,6 +166,15 @@ def test_pallas_flash_attention_compiles_for_a_tpu_on_a_mesh():
     hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).lower(spec, spec, spec, r, r).compile().as_text()
   assert "flash_mha_bwd_dq" in hlo and "flash_mha_bwd_dkv" in hlo
   assert "all-gather" not in hlo  # each device attends over its own rows and heads
+  # The backward kernels carry no cost estimate, so jaxris.aot adds their FLOPs: per device 2 rows x
+  # 2 heads x 1152 x 1152 tokens, q and k 64 + 64 relative-position features, v padded alike to 128.
+  from jaxris.pallas_costs import uncosted_kernels
+  kernels = {k.name.split("_block")[0]: k for k in uncosted_kernels(hlo)}
+  per_pair = 2 * 2 * 1152 * 1152
+  assert sorted(kernels) == ["flash_mha_bwd_dkv", "flash_mha_bwd_dq"]
+  assert kernels["flash_mha_bwd_dkv"].flops == 4 * per_pair * (128 + 128)
+  assert kernels["flash_mha_bwd_dq"].flops == 2 * per_pair * (2 * 128 + 128)
+  assert kernels["flash_mha_bwd_dq"].bytes >= 3 * per_pair // 1152 * 128 * 2  # reads q, k and v at least
 
 
 # --- Whole models on the accelerator path against their official PyTorch modules.

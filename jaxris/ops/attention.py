@@ -112,7 +112,7 @@ def attention(q, k, v, *, scale: float, bias=None, key_mask=None, rel_pos: RelPo
     pad = lambda t: jnp.pad(t, ((0, 0),) * 3 + ((0, width - t.shape[-1]),))
     out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), bias, mask, scale=scale, implementation="cudnn")
     return out[..., :dv]
-  if impl == "pallas" and bias is None and mask is None and q.shape[1] >= _PALLAS_MIN_TOKENS:
+  if impl == "pallas" and bias is None and mask is None and min(q.shape[1], k.shape[1]) >= _PALLAS_MIN_TOKENS:
     return _sharded_over_batch(functools.partial(_pallas_tpu_attention, scale=scale), q, k, v)
   if q.shape[-1] != dv:  # dot_product_attention wants one head size: its XLA formula, written out
     return _xla_core(q, k, v, scale, bias, mask)
@@ -120,7 +120,9 @@ def attention(q, k, v, *, scale: float, bias=None, key_mask=None, rel_pos: RelPo
 
 
 # Shorter sequences (SAM's 14x14 windows, BERT's 20 tokens) have small logits, and padding them to
-# 128-token blocks would cost more than it saves: they take XLA's attention.
+# 128-token blocks would cost more than it saves: they take XLA's attention. So do long queries over
+# a few keys and the reverse (SAM's decoder: 4096 image tokens attending to ~7 prompt tokens, whose
+# keys Pallas would pad to 128).
 _PALLAS_MIN_TOKENS = 512
 
 
