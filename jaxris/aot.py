@@ -14,8 +14,8 @@ train steps it usually is not (negative), and then it is the roofline of XLA's o
 (its FLOPs at peak or its bytes accessed at HBM bandwidth, whichever is slower; communication not
 included), which the table says. Flash attention's backward kernels (Pallas) reach XLA without a
 cost estimate, so their FLOPs are added to either (`estimate_step`, jaxris/pallas_costs.py). These
-are compiler estimates, not measurements. Every model
-family compiles (dit, evf, bridge); the analytic FLOPs count the encoders (see `model_flops`).
+are compiler estimates, not measurements. Every model family compiles (dit, evf, bridge); the
+analytic FLOPs count the encoders (see `model_flops`).
 Exit status: 0 when it compiled (fitting or not), 1 when libtpu is missing or the compile fails,
 2 on bad input.
 """
