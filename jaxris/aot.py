@@ -12,8 +12,8 @@ temporaries - aliased, from ``memory_analysis()``) against the chip's HBM, FLOPs
 implies. The step time is the TPU cost model's ``optimal_seconds`` where it is valid; for whole
 train steps it usually is not (negative), and then it is the roofline of XLA's own per-chip counts
 (its FLOPs at peak or its bytes accessed at HBM bandwidth, whichever is slower; communication not
-included), which the table says. Flash attention's backward kernels (Pallas) reach XLA without a
-cost estimate, so their FLOPs are added to either (`estimate_step`, jaxris/pallas_costs.py). These
+included), which the table says. The Pallas splash-attention kernels of the TPU path reach XLA
+without a cost estimate, so their FLOPs are added to either (`estimate_step`, jaxris/pallas_costs.py). These
 are compiler estimates, not measurements. Every model family compiles (dit, evf, bridge); the
 analytic FLOPs count the encoders (see `model_flops`).
 Exit status: 0 when it compiled (fitting or not), 1 when libtpu is missing or the compile fails,
@@ -228,7 +228,7 @@ class _Memory:  # memory_analysis()'s fields, rebuilt when the compiler refuses 
 def lower_for_tpu(step, *args):
   """`step` lowered as it runs on a TPU: this host's backend is the CPU, so the attention path
   that jaxris.ops.attention would pick here (the CPU kernel) is overridden by the TPU's (Pallas
-  flash attention for long sequences; JAXRIS_ATTENTION=xla|pallas chooses another)."""
+  splash attention for long sequences; JAXRIS_ATTENTION=xla|pallas chooses another)."""
   from jaxris.ops import attention
   with attention.use(tpu_attention_path()):
     return step.lower(*args)
@@ -264,7 +264,7 @@ def estimate_step(cost: dict, kernels: list, peak: float, bandwidth: float) -> t
   XLA's TPU cost model gives the whole program's time as `optimal_seconds`; for a train step it is
   often not valid (negative). Then the estimate is the roofline of XLA's own per-chip counts: the
   slower of its FLOPs at peak and its bytes accessed at HBM bandwidth (no communication). Both miss
-  the matmul work of Pallas kernels built without a cost estimate (flash attention's backward): the
+  the matmul work of Pallas kernels built without a cost estimate (splash attention's): the
   cost model charges them their bytes only, so each gets the time its FLOPs take at peak beyond
   that, and the roofline gets their FLOPs.
   """
@@ -280,7 +280,7 @@ def estimate_step(cost: dict, kernels: list, peak: float, bandwidth: float) -> t
   else:
     return None, "none", 0.0
   if kernel_flops:
-    source += " + Pallas backward FLOPs"
+    source += " + Pallas kernel FLOPs"
   return full, source, full - base
 
 

@@ -1,14 +1,15 @@
 """The work of the Pallas TPU kernels that XLA's cost model cannot see, read from a compiled module.
 
 A Pallas kernel reaches XLA as a ``tpu_custom_call``; XLA costs it from the ``cost_estimate`` the
-kernel was built with, and Pallas' flash attention gives one to its forward kernel only. Its two
-backward kernels (``flash_mha_bwd_dkv``, ``flash_mha_bwd_dq``) carry none: XLA's ``cost_analysis()``
-counts no FLOPs for them and its TPU cost model charges them their memory traffic alone (checked on a
-v5p with 4 x 16 heads x 1152 tokens x 256 features: the backward added 241 us to the estimate, its
-two kernels move 642 MB, 232 us at HBM bandwidth, while their 304 GFLOP take 663 us at peak). Those
-two kernels do 3.5 times the forward's matmul work, so a long-sequence train step looked up to about
-twice as fast in attention as it can be. `uncosted_kernels` finds such kernels in
-``compiled.as_text()`` and gives each one's FLOPs from its operand shapes, for `jaxris.aot` to add.
+kernel was built with. jaxris' TPU attention, Pallas' splash attention, gives none to any of its
+kernels (forward, fused backward), and Pallas' flash attention gives one to its forward kernel only
+(its backward kernels ``flash_mha_bwd_dkv`` and ``flash_mha_bwd_dq`` carry none). For such a kernel
+XLA's ``cost_analysis()`` counts no FLOPs and its TPU cost model charges its memory traffic alone
+(checked on a v5p with flash attention over 4 x 16 heads x 1152 tokens x 256 features: the backward
+added 241 us to the estimate, its two kernels move 642 MB, 232 us at HBM bandwidth, while their
+304 GFLOP take 663 us at peak), so a long-sequence train step looked up to about twice as fast in
+attention as it can be. `uncosted_kernels` finds such kernels in ``compiled.as_text()`` and gives
+each one's FLOPs from its operand shapes, for `jaxris.aot` to add.
 """
 
 from __future__ import annotations
@@ -42,15 +43,29 @@ def nbytes(text: str) -> int:
              for dtype, dims in _ARRAY.findall(text))
 
 
-def flash_backward_flops(name: str, q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...]) -> float | None:
-  """Matmul FLOPs of one Pallas flash-attention backward kernel, q [B, N, T, D], k [B, N, S, D],
-  v [B, N, S, Dv]. Each kernel recomputes the logits q.k (2TSD per head) and dp = do.v (2TSDv); the
-  dkv kernel adds dv = p.do (2TSDv) and dk = ds.q (2TSD), the dq kernel dq = ds.k (2TSD)."""
-  (b, n, t, d), s, dv = q, k[2], v[3]
-  if name.startswith("flash_mha_bwd_dkv"):
-    return 4.0 * b * n * t * s * (d + dv)
-  if name.startswith("flash_mha_bwd_dq"):
-    return 2.0 * b * n * t * s * (2 * d + dv)
+def _lanes(d: int) -> int:
+  """A head size as the MXU runs it: whole 128-lane passes (splash takes 80- or 144-wide heads as
+  they are; Mosaic pads them in VMEM, so a pass costs the same as at 128 or 256)."""
+  return -(-d // 128) * 128
+
+
+def attention_kernel_flops(name: str, q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...],
+                           fused: bool = False) -> float | None:
+  """Matmul FLOPs of one Pallas attention kernel that carries no cost estimate: q [..., T, D],
+  k [..., S, D], v [..., S, Dv], leading axes (batch rows, heads) multiplied out.
+
+  Every kernel computes or recomputes the logits q.k (2TSD per head). Forward (splash): + p.v
+  (2TSDv). Backward dkv: + dp = do.v (2TSDv), dv = p.do (2TSDv), dk = ds.q (2TSD); a fused one
+  (splash's `use_fused_bwd_kernel`) also dq = ds.k (2TSD). Backward dq: + dp and dq."""
+  t, d = q[-2], _lanes(q[-1])
+  s, dv = k[-2], _lanes(v[-1])
+  pairs = 2.0 * math.prod(q[:-2]) * t * s
+  if name.startswith("splash_mha_fwd"):
+    return pairs * (d + dv)
+  if name.startswith(("flash_mha_bwd_dkv", "splash_mha_dkv")):
+    return pairs * (2 * d + 2 * dv + (d if fused else 0))
+  if name.startswith(("flash_mha_bwd_dq", "splash_mha_dq")):
+    return pairs * (2 * d + dv)
   return None
 
 
@@ -67,8 +82,11 @@ def uncosted_kernels(hlo_text: str) -> list[Kernel]:
       continue
     name, result = m.group(1), m.group(2)
     operands = [defined.get(o.split("*/")[-1].strip().lstrip("%"), "") for o in m.group(3).split(",")]
-    arrays = [shapes(o) for o in operands[:3]]
-    qkv = [a[0] for a in arrays if len(a) == 1]
-    flops = flash_backward_flops(name, *qkv) if len(qkv) == 3 and len(qkv[0]) == 4 else None
+    # q, k and v are the first three floating-point operands of rank 3 or more (splash passes its
+    # block-mask tables, int8 and int32, ahead of them; flash passes q, k, v first).
+    qkv = [shapes(o)[0] for o in operands if re.match(r"(bf16|f16|f32)\[", o) and len(shapes(o)[0]) >= 3][:3]
+    # A fused backward writes dq (one partial per key block: an extra axis) beside dk and dv.
+    fused = len(qkv) == 3 and any(len(r) == len(qkv[0]) + 1 for r in shapes(result))
+    flops = attention_kernel_flops(name, *qkv, fused=fused) if len(qkv) == 3 else None
     found.append(Kernel(name, flops, nbytes(result) + sum(nbytes(o) for o in operands)))
   return found

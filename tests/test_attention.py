@@ -78,6 +78,28 @@ def test_relative_position_gradients_agree_between_paths():
     assert_close(a, b, what=f"d loss / d {name}")
 
 
+def test_the_tpu_kernel_run_interpreted_matches_one_softmax(monkeypatch):
+  # The TPU path (`impl="pallas"`: tokens padded to 128-blocks, heads-major, the relative-position
+  # term folded in that layout, Pallas' splash attention with its fused backward) run by Pallas'
+  # interpreter on this CPU: DIT's 20 prefix slots + a 23x23 grid = 549 tokens (padded to 640), a
+  # value head narrower than the key's, forward and every gradient (the tables' included).
+  import functools
+  monkeypatch.setattr(attention_op, "_splash_attention",
+                      functools.partial(attention_op._splash_attention, interpret=True))
+  q, k, v, rel, bias = _rel_case((23, 23), 20, b=1, n=2, d=8, seed=11)
+  v = v[..., :6]
+  scale = q.shape[-1] ** -0.5
+  w = jnp.asarray(np.random.default_rng(12).standard_normal(v.shape), jnp.float32)
+  run = lambda impl: lambda q, k, v, r_h, r_w: attention(q, k, v, scale=scale, rel_pos=RelPos(r_h, r_w, 20),
+                                                          impl=impl)
+  out = jax.jit(run("pallas"))(q, k, v, rel.r_h, rel.r_w)
+  assert_close(out, _reference(q, k, v, scale, bias), what="splash attention (interpreted)")
+  grads = {impl: jax.jit(jax.grad(lambda *a: jnp.sum(w * run(impl)(*a)), argnums=(0, 1, 2, 3, 4)))(
+      q, k, v, rel.r_h, rel.r_w) for impl in ("pallas", "cpu")}
+  for name, a, b in zip(("q", "k", "v", "r_h", "r_w"), grads["pallas"], grads["cpu"]):
+    assert_close(a, b, what=f"splash attention (interpreted): d loss / d {name}")
+
+
 @pytest.mark.parametrize("impl", PATHS)
 def test_bias_and_key_mask_match_one_softmax(impl):
   # TinyViT's per-head bias table broadcast over the batch; BERT/BEiT-3's key padding, with one row
@@ -144,10 +166,11 @@ def test_aot_lowers_on_the_accelerator_path(monkeypatch):
   assert traced, "jaxris.aot lowered the CPU attention kernel"
 
 
-def test_pallas_flash_attention_compiles_for_a_tpu_on_a_mesh():
-  # The TPU path: Pallas flash attention per device under shard_map (batch over data x fsdp, heads
-  # over tensor), 1044 tokens (DIT's 20 + 32x32) padded to 128-blocks, head features to 128.
-  # Compiled by libtpu for a v5e:2x2 on this CPU host; its numbers need a TPU and are not checked.
+def test_pallas_splash_attention_compiles_for_a_tpu_on_a_mesh():
+  # The TPU path: Pallas splash attention per device under shard_map (batch over data x fsdp, heads
+  # over tensor), 1044 tokens (DIT's 20 + 32x32) padded to 128-blocks, q and k with 64 + 64
+  # relative-position features, v as it is (64). Compiled by libtpu for a v5e:2x2 on this CPU
+  # host (its numbers: the interpreted test above).
   pytest.importorskip("libtpu")
   from jax.experimental import topologies
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -162,19 +185,20 @@ def test_pallas_flash_attention_compiles_for_a_tpu_on_a_mesh():
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
       out = attention(q, k, v, scale=0.125, rel_pos=RelPos(r_h, r_w, 20), impl="pallas")
     return jnp.sum(out.astype(jnp.float32) ** 2)
-  with jax.default_matmul_precision("default"):  # bf16 kernels (this file sets "highest")
+  # (Mosaic refuses jax_default_matmul_precision="highest" with bf16 operands, which this file sets.)
+  with jax.default_matmul_precision("default"):
     hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).lower(spec, spec, spec, r, r).compile().as_text()
-  assert "flash_mha_bwd_dq" in hlo and "flash_mha_bwd_dkv" in hlo
   assert "all-gather" not in hlo  # each device attends over its own rows and heads
-  # The backward kernels carry no cost estimate, so jaxris.aot adds their FLOPs: per device 2 rows x
-  # 2 heads x 1152 x 1152 tokens, q and k 64 + 64 relative-position features, v padded alike to 128.
+  # Splash's kernels carry no cost estimate, so jaxris.aot adds their FLOPs: per device 2 rows x
+  # 2 heads x 1152 x 1152 tokens; the forward computes q.k (128 features) and p.v (64, one
+  # 128-lane MXU pass), the fused backward q.k, do.v, p.do, ds.q and ds.k.
   from jaxris.pallas_costs import uncosted_kernels
-  kernels = {k.name.split("_block")[0]: k for k in uncosted_kernels(hlo)}
-  per_pair = 2 * 2 * 1152 * 1152
-  assert sorted(kernels) == ["flash_mha_bwd_dkv", "flash_mha_bwd_dq"]
-  assert kernels["flash_mha_bwd_dkv"].flops == 4 * per_pair * (128 + 128)
-  assert kernels["flash_mha_bwd_dq"].flops == 2 * per_pair * (2 * 128 + 128)
-  assert kernels["flash_mha_bwd_dq"].bytes >= 3 * (2 * 2 * 1152 * 128) * 2  # reads bf16 q, k and v at least
+  kernels = {k.name.split("_segmented")[0]: k for k in uncosted_kernels(hlo)}
+  pairs = 2 * 2 * 2 * 1152 * 1152
+  assert sorted(kernels) == ["splash_mha_dkv", "splash_mha_fwd"]
+  assert kernels["splash_mha_fwd"].flops == pairs * (128 + 128)
+  assert kernels["splash_mha_dkv"].flops == pairs * (3 * 128 + 2 * 128)
+  assert kernels["splash_mha_dkv"].bytes >= 2 * 2 * 1152 * (2 * 128 + 64) * 2  # reads bf16 q, k and v at least
 
 
 # --- Whole models on the accelerator path against their official PyTorch modules.

@@ -13,13 +13,13 @@ cross-attention) calls this one function. Two paths compute the same softmax(sca
   dot. On an accelerator the steps would serialise attention into tiny kernels.
 * ``xla``: ``jax.nn.dot_product_attention`` (implementation None: XLA's attention, the default on
   GPU; ``cudnn`` asks for cuDNN's flash attention). ``pallas`` (the default on TPU): Pallas' TPU
-  flash attention for sequences of 512 tokens or more without bias or mask (DIT's and SAM's
+  splash attention for sequences of 512 tokens or more without bias or mask (DIT's and SAM's
   global blocks), run per device under shard_map; XLA's attention for the rest. The decomposed
   relative-position term of SAM's ViT is folded into the dot product instead of a bias, exactly:
   rel_h[q, kh] + rel_w[q, kw] = [rel_h[q], rel_w[q]] . [onehot(kh), onehot(kw)], so each query gets
   gh + gw extra features and each image key the matching one-hots (prefix tokens get zeros), and no
-  [T, S] bias is ever formed (at 512 px with 64-dim heads: 64 + 32 + 32 = 128 features, one MXU
-  pass). Attention-weight dropout (BERT and the DIT cross-attention in training) has no place in
+  [T, S] bias is ever formed (at 512 px: 32 + 32 features beside ViT-B's 64-wide heads, ViT-H's
+  80). Attention-weight dropout (BERT and the DIT cross-attention in training) has no place in
   dot_product_attention: then both paths run the einsum softmax.
 
 The path is ``auto`` by default: ``cpu`` on the CPU backend, ``pallas`` on TPU, ``xla`` on GPU.
@@ -99,6 +99,9 @@ def attention(q, k, v, *, scale: float, bias=None, key_mask=None, rel_pos: RelPo
     if rel_pos is not None:
       q, k, v, scale = *_fold_rel_pos(q, k, v, scale, rel_pos), 1.0
     return _einsum_attention(q, k, v, scale, bias, key_mask, dropout)
+  if (impl == "pallas" and bias is None and key_mask is None
+      and min(q.shape[1], k.shape[1]) >= _PALLAS_MIN_TOKENS):
+    return _pallas_attention(q, k, v, scale, rel_pos)
   if rel_pos is not None:
     q, k, v, scale = *_fold_rel_pos(q, k, v, scale, rel_pos), 1.0
   mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
@@ -112,8 +115,6 @@ def attention(q, k, v, *, scale: float, bias=None, key_mask=None, rel_pos: RelPo
     pad = lambda t: jnp.pad(t, ((0, 0),) * 3 + ((0, width - t.shape[-1]),))
     out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), bias, mask, scale=scale, implementation="cudnn")
     return out[..., :dv]
-  if impl == "pallas" and bias is None and mask is None and min(q.shape[1], k.shape[1]) >= _PALLAS_MIN_TOKENS:
-    return _sharded_over_batch(functools.partial(_pallas_tpu_attention, scale=scale), q, k, v)
   if q.shape[-1] != dv:  # dot_product_attention wants one head size: its XLA formula, written out
     return _xla_core(q, k, v, scale, bias, mask)
   return jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale)
@@ -127,41 +128,89 @@ _PALLAS_MIN_TOKENS = 512
 
 
 def _sharded_over_batch(f, q, k, v):
-  """f(q, k, v) per device when a mesh is set: a Pallas kernel is opaque to XLA's partitioner,
-  which would gather its operands onto every device; under shard_map each device runs it on its
-  own batch rows (and heads, where activations are split over the `tensor` axis)."""
+  """f(q, k, v) per device when a mesh is set, for heads-major q, k, v [B, N, T, d]: a Pallas kernel
+  is opaque to XLA's partitioner, which would gather its operands onto every device; under
+  shard_map each device runs it on its own batch rows (and heads, where activations are split over
+  the `tensor` axis)."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return f(q, k, v)
   size = lambda names: int(np.prod([mesh.shape[a] for a in names]))
   batch = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
-  heads = "tensor" if "tensor" in mesh.axis_names and q.shape[2] % mesh.shape["tensor"] == 0 else None
+  heads = "tensor" if "tensor" in mesh.axis_names and q.shape[1] % mesh.shape["tensor"] == 0 else None
   if batch and q.shape[0] % size(batch):
     batch = ()
-  spec = jax.sharding.PartitionSpec(batch or None, None, heads, None)
+  spec = jax.sharding.PartitionSpec(batch or None, heads, None, None)
   return jax.shard_map(f, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
 
 
-def _pallas_tpu_attention(q, k, v, scale):
-  """Pallas' TPU flash attention (jax.experimental.pallas.ops.tpu.flash_attention): the [T, S]
-  logits stay in VMEM, forward and backward. Tokens are padded to whole 128-blocks (padding keys
-  in their own segment, so no real query sees them) and head features to a multiple of 128."""
-  from jax.experimental.pallas.ops.tpu import flash_attention as fa
+def _pallas_attention(q, k, v, scale, rel: RelPos | None):
+  """The TPU path for long sequences: q, k, v [B, T, N, d] padded to whole 128-token blocks and
+  made heads-major, SAM's relative-position term folded in that layout (`_fold_rel_pos_heads_major`),
+  then Pallas' splash attention per device (`_splash_attention`)."""
   b, t, n, d = q.shape
-  s, dv = k.shape[1], v.shape[-1]
-  up = lambda x: -(-x // 128) * 128
-  width, tp, sp = up(max(d, dv)), up(t), up(s)
+  s = k.shape[1]
+  tp, sp = -(-t // 128) * 128, -(-s // 128) * 128
+  heads_major = lambda x, length: jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+  q_unscaled, k, v = heads_major(q, tp), heads_major(k, sp), heads_major(v, sp)
+  q = q_unscaled * jnp.asarray(scale, q.dtype)  # splash has no scale argument
+  if rel is not None:
+    q, k = _fold_rel_pos_heads_major(q, q_unscaled, k, rel)
+  kernel = functools.partial(_splash_attention, real=(t, s))
+  return _sharded_over_batch(kernel, q, k, v).transpose(0, 2, 1, 3)[:, :t]
 
-  def prep(x, length):
-    x = jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, width - x.shape[-1])))
-    return x.transpose(0, 2, 1, 3)  # [B, N, T, D]
-  segments = None
-  if tp != t or sp != s:
-    seg = lambda length, real: jnp.broadcast_to((jnp.arange(length) >= real).astype(jnp.int32), (b, length))
-    segments = fa.SegmentIds(q=seg(tp, t), kv=seg(sp, s))
-  # (Mosaic refuses jax_default_matmul_precision="highest" with bf16 operands, forward and backward.)
-  out = fa.flash_attention(prep(q, tp), prep(k, sp), prep(v, sp), segment_ids=segments, sm_scale=scale)
-  return out.transpose(0, 2, 1, 3)[:, :t, :, :dv]
+
+def _fold_rel_pos_heads_major(q, q_unscaled, k, rel: RelPos):
+  """`_fold_rel_pos` for heads-major, padded q [B, N, T', d] (already scaled) and k [B, N, S', d]:
+  each query's rel_h and rel_w terms come from one batched dot against the tables laid out per
+  (query row, query column) [gh, gw, gh + gw, d], not two dots and a concatenation (on a v5p, SAM
+  ViT-H's block: 1.2 GB less memory traffic per attention, forward and backward)."""
+  b, n, tp, d = q.shape
+  p = rel.num_prefix
+  gh, gw = rel.r_h.shape[0], rel.r_w.shape[0]
+  table = jnp.concatenate([jnp.broadcast_to(rel.r_h[:, None], (gh, gw, gh, d)),
+                           jnp.broadcast_to(rel.r_w[None], (gh, gw, gw, d))], axis=2).astype(q.dtype)
+  q_img = q_unscaled[:, :, p:p + gh * gw].reshape(b, n, gh, gw, d)
+  q_extra = jnp.einsum("bnhwc,hwkc->bnhwk", q_img, table).reshape(b, n, gh * gw, gh + gw)
+  q_extra = jnp.pad(q_extra, ((0, 0), (0, 0), (p, tp - p - gh * gw), (0, 0)))
+  onehot = np.zeros((k.shape[2], gh + gw), np.float32)
+  rows, cols = np.divmod(np.arange(gh * gw), gw)
+  onehot[p + np.arange(gh * gw), rows] = 1.0
+  onehot[p + np.arange(gh * gw), gh + cols] = 1.0
+  k_extra = jnp.broadcast_to(jnp.asarray(onehot, k.dtype), (*k.shape[:3], gh + gw))
+  return jnp.concatenate([q, q_extra], axis=-1), jnp.concatenate([k, k_extra], axis=-1)
+
+
+def _block(length: int) -> int:
+  """The largest of 512, 384, 256 and 128 tokens that divides `length` (a multiple of 128)."""
+  return next(b for b in (512, 384, 256, 128) if length % b == 0)
+
+
+def _splash_attention(q, k, v, real: tuple[int, int], interpret: bool = False):
+  """Pallas' TPU splash attention (jax.experimental.pallas.ops.tpu.splash_attention) over
+  heads-major q [B, N, T', D], k [B, N, S', D], v [B, N, S', Dv] padded to whole 128-token blocks,
+  of which the first `real` (T, S) are tokens: padding keys are in their own segment, so no real
+  query sees them. The [T, S] logits stay in VMEM, forward and backward. Unlike Pallas' flash
+  attention, splash takes the key's and the value's head sizes as they are: SAM ViT-H's 80-wide
+  heads plus 64 folded relative-position features (144) and its 80-wide values are not padded to
+  one 256-wide size (MXU passes forward: 256 + 128 lanes instead of 256 + 256). The backward is one
+  fused kernel (dq, dk and dv from one recomputation of the logits: five matmuls instead of
+  flash's seven), with all keys in one block where a sequence allows, so dq is written once
+  instead of summed over key blocks. ``interpret`` runs the kernels on any backend (tests, CPU)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+  b, n, tp, _ = q.shape
+  sp = k.shape[2]
+  bq, bkv = _block(tp), _block(sp)
+  sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
+                            block_q_dkv=bq, block_kv_dkv=sp if sp <= 2048 else bkv, block_kv_dkv_compute=bkv,
+                            use_fused_bwd_kernel=True)
+  kernel = splash.make_splash_mha(masks.MultiHeadMask([masks.FullMask((tp, sp))] * n), block_sizes=sizes,
+                                  head_shards=1, q_seq_shards=1, interpret=interpret)
+  if (tp, sp) == real:
+    return jax.vmap(kernel)(q, k, v)  # (the kernel is per batch row)
+  seg = lambda length, used: jnp.broadcast_to((jnp.arange(length) >= used).astype(jnp.int32), (b, length))
+  return jax.vmap(kernel)(q, k, v, splash.SegmentIds(q=seg(tp, real[0]), kv=seg(sp, real[1])))
 
 
 def _xla_core(q, k, v, scale, bias, mask):
