@@ -2,6 +2,7 @@
 
   python benchmarks/tpu_block.py                          # ViT-H's global block, 16 images, v5p
   python benchmarks/tpu_block.py --part attention         # the attention core alone (fold + kernels)
+  python benchmarks/tpu_block.py --part attention --no-rel-pos   # ... without relative positions
   python benchmarks/tpu_block.py --part mlp --topology v5e:2x2
   python benchmarks/tpu_block.py --width 768 --heads 12   # ViT-B's
 
@@ -38,7 +39,8 @@ from jaxris.ops import attention  # noqa: E402
 PARTS = ("block", "attention", "mlp")
 
 
-def part_loss(part: str, graphdef, images: int, grid: int, prefix: int, width: int, heads: int):
+def part_loss(part: str, graphdef, images: int, grid: int, prefix: int, width: int, heads: int,
+              rel_pos: bool = True):
   """loss(params, x [B, grid, grid, C], slots [B, prefix, C]) of one part of the block."""
   tokens = prefix + grid * grid
 
@@ -54,7 +56,7 @@ def part_loss(part: str, graphdef, images: int, grid: int, prefix: int, width: i
     q = t.reshape(images, tokens, heads, width // heads)
     rel = attention.RelPos(rel_pos_table(grid, grid, block.attn.rel_pos_h[...]),
                            rel_pos_table(grid, grid, block.attn.rel_pos_w[...]), prefix)
-    out = attention.attention(q, q * 0.5, q * 0.25, scale=block.attn.scale, rel_pos=rel)
+    out = attention.attention(q, q * 0.5, q * 0.25, scale=block.attn.scale, rel_pos=rel if rel_pos else None)
     return jnp.sum(out.astype(jnp.float32))
   return loss
 
@@ -76,6 +78,8 @@ def main(argv=None) -> int:
   p.add_argument("--prefix", type=int, default=20, help="DIT's text slots ahead of the image tokens")
   p.add_argument("--width", type=int, default=1280, help="embedding width (ViT-H 1280, ViT-B 768)")
   p.add_argument("--heads", type=int, default=16, help="attention heads (ViT-H 16, ViT-B 12)")
+  p.add_argument("--no-rel-pos", action="store_true",
+                 help="--part attention without SAM's relative-position term (what the fold costs)")
   a = p.parse_args(argv)
 
   gen = aot.parse_topology(a.topology)[0]
@@ -89,7 +93,8 @@ def main(argv=None) -> int:
   params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one_chip), params)
   x = jax.ShapeDtypeStruct((a.images, a.grid, a.grid, a.width), jnp.bfloat16, sharding=one_chip)
   slots = jax.ShapeDtypeStruct((a.images, a.prefix, a.width), jnp.bfloat16, sharding=one_chip)
-  step = jax.jit(jax.grad(part_loss(a.part, graphdef, a.images, a.grid, a.prefix, a.width, a.heads),
+  step = jax.jit(jax.grad(part_loss(a.part, graphdef, a.images, a.grid, a.prefix, a.width, a.heads,
+                                    not a.no_rel_pos),
                           argnums=(0, 1, 2)))
   t0 = time.perf_counter()
   with jax.set_mesh(mesh):
@@ -101,7 +106,8 @@ def main(argv=None) -> int:
   flops = model_flops(a.part, a.images, a.prefix + a.grid * a.grid, a.width)
   rows = [
       ("part", f"{a.part}, fwd + bwd, {a.images} images x ({a.prefix} + {a.grid}x{a.grid}) tokens, width "
-               f"{a.width}, {a.heads} heads, bf16, attention path {aot.tpu_attention_path()}"),
+               f"{a.width}, {a.heads} heads, bf16, attention path {aot.tpu_attention_path()}"
+               + (", no relative positions" if a.no_rel_pos else "")),
       ("chip", f"one of {a.topology}: {peak / 1e12:.0f} TFLOP/s, {bandwidth / 1e12:.2f} TB/s"),
       ("compile", f"{time.perf_counter() - t0:.0f} s"),
       ("XLA FLOPs / bytes", f"{cost.get('flops', 0) / 1e9:.1f} GFLOP / {cost.get('bytes accessed', 0) / 1e9:.2f} GB"),
