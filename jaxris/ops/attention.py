@@ -160,6 +160,15 @@ def _pallas_attention(q, k, v, scale, rel: RelPos | None):
   return _sharded_over_batch(kernel, q, k, v).transpose(0, 2, 1, 3)[:, :t]
 
 
+def _key_onehots(length: int, num_prefix: int, gh: int, gw: int) -> np.ndarray:
+  """[length, gh + gw]: each image key's row and column as one-hots (prefix and padding keys: zeros)."""
+  onehot = np.zeros((length, gh + gw), np.float32)
+  rows, cols = np.divmod(np.arange(gh * gw), gw)
+  onehot[num_prefix + np.arange(gh * gw), rows] = 1.0
+  onehot[num_prefix + np.arange(gh * gw), gh + cols] = 1.0
+  return onehot
+
+
 def _fold_rel_pos_heads_major(q, q_unscaled, k, rel: RelPos):
   """`_fold_rel_pos` for heads-major, padded q [B, N, T', d] (already scaled) and k [B, N, S', d]:
   each query's rel_h and rel_w terms come from one batched dot against the tables laid out per
@@ -173,11 +182,7 @@ def _fold_rel_pos_heads_major(q, q_unscaled, k, rel: RelPos):
   q_img = q_unscaled[:, :, p:p + gh * gw].reshape(b, n, gh, gw, d)
   q_extra = jnp.einsum("bnhwc,hwkc->bnhwk", q_img, table).reshape(b, n, gh * gw, gh + gw)
   q_extra = jnp.pad(q_extra, ((0, 0), (0, 0), (p, tp - p - gh * gw), (0, 0)))
-  onehot = np.zeros((k.shape[2], gh + gw), np.float32)
-  rows, cols = np.divmod(np.arange(gh * gw), gw)
-  onehot[p + np.arange(gh * gw), rows] = 1.0
-  onehot[p + np.arange(gh * gw), gh + cols] = 1.0
-  k_extra = jnp.broadcast_to(jnp.asarray(onehot, k.dtype), (*k.shape[:3], gh + gw))
+  k_extra = jnp.broadcast_to(jnp.asarray(_key_onehots(k.shape[2], p, gh, gw), k.dtype), (*k.shape[:3], gh + gw))
   return jnp.concatenate([q, q_extra], axis=-1), jnp.concatenate([k, k_extra], axis=-1)
 
 
@@ -233,12 +238,9 @@ def _fold_rel_pos(q, k, v, scale, rel: RelPos):
   rel_h = jnp.einsum("bhwnc,hkc->bhwnk", q_img, rel.r_h.astype(q.dtype))
   rel_w = jnp.einsum("bhwnc,wkc->bhwnk", q_img, rel.r_w.astype(q.dtype))
   q_extra = jnp.concatenate([rel_h, rel_w], axis=-1).reshape(b, gh * gw, n, gh + gw)
-  onehot = np.zeros((k.shape[1], gh + gw), np.float32)
-  rows, cols = np.divmod(np.arange(gh * gw), gw)
-  onehot[p + np.arange(gh * gw), rows] = 1.0
-  onehot[p + np.arange(gh * gw), gh + cols] = 1.0
   if p:
     q_extra = jnp.pad(q_extra, ((0, 0), (p, 0), (0, 0), (0, 0)))
+  onehot = _key_onehots(k.shape[1], p, gh, gw)
   k_extra = jnp.broadcast_to(jnp.asarray(onehot, k.dtype)[None, :, None, :], (*k.shape[:3], gh + gw))
   q = jnp.concatenate([q * jnp.asarray(scale, q.dtype), q_extra.astype(q.dtype)], axis=-1)
   return q, jnp.concatenate([k, k_extra], axis=-1), v
