@@ -6,7 +6,7 @@
   python benchmarks/tpu_block.py --part mlp --topology v5e:2x2
   python benchmarks/tpu_block.py --width 768 --heads 12   # ViT-B's
 
-A whole pod row of benchmarks/pod_plan.py takes 10-18 minutes to compile here; one block takes one
+A whole pod row of benchmarks/pod_plan.py takes 8-30 minutes to compile here; one block takes one
 or two, and a train step of L-DIT is 32 (ViT-H) or 12 (ViT-B) of them plus a few percent. So this
 is the loop for work on the TPU path: change the attention op, see the block's estimate move.
 The block is SAM's global block as DIT runs it (prefix text slots + a grid of image tokens, the
