@@ -84,7 +84,8 @@ def uncosted_kernels(hlo_text: str) -> list[Kernel]:
     operands = [defined.get(o.split("*/")[-1].strip().lstrip("%"), "") for o in m.group(3).split(",")]
     # q, k and v are the first three floating-point operands of rank 3 or more (splash passes its
     # block-mask tables, int8 and int32, ahead of them; flash passes q, k, v first).
-    qkv = [shapes(o)[0] for o in operands if re.match(r"(bf16|f16|f32)\[", o) and len(shapes(o)[0]) >= 3][:3]
+    floats = [shapes(o)[0] for o in operands if re.match(r"(bf16|f16|f32)\[", o)]
+    qkv = [shape for shape in floats if len(shape) >= 3][:3]
     # A fused backward writes dq (one partial per key block: an extra axis) beside dk and dv.
     fused = len(qkv) == 3 and any(len(r) == len(qkv[0]) + 1 for r in shapes(result))
     flops = attention_kernel_flops(name, *qkv, fused=fused) if len(qkv) == 3 else None

@@ -3,6 +3,8 @@ forced here on CPU) agree with each other and with a one-softmax reference, and 
 uses the op matches its official PyTorch module on the accelerator path too (the existing parity
 tests cover the CPU path, the default on this machine)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,7 +85,6 @@ def test_the_tpu_kernel_run_interpreted_matches_one_softmax(monkeypatch):
   # term folded in that layout, Pallas' splash attention with its fused backward) run by Pallas'
   # interpreter on this CPU: DIT's 20 prefix slots + a 23x23 grid = 549 tokens (padded to 640), a
   # value head narrower than the key's, forward and every gradient (the tables' included).
-  import functools
   monkeypatch.setattr(attention_op, "_splash_attention",
                       functools.partial(attention_op._splash_attention, interpret=True))
   q, k, v, rel, bias = _rel_case((23, 23), 20, b=1, n=2, d=8, seed=11)

@@ -148,8 +148,7 @@ def _pallas_attention(q, k, v, scale, rel: RelPos | None):
   """The TPU path for long sequences: q, k, v [B, T, N, d] padded to whole 128-token blocks and
   made heads-major, SAM's relative-position term folded in that layout (`_fold_rel_pos_heads_major`),
   then Pallas' splash attention per device (`_splash_attention`)."""
-  b, t, n, d = q.shape
-  s = k.shape[1]
+  t, s = q.shape[1], k.shape[1]
   tp, sp = -(-t // 128) * 128, -(-s // 128) * 128
   heads_major = lambda x, length: jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
   q_unscaled, k, v = heads_major(q, tp), heads_major(k, sp), heads_major(v, sp)
