@@ -5,6 +5,7 @@
   python benchmarks/tpu_block.py --part attention --no-rel-pos   # ... without relative positions
   python benchmarks/tpu_block.py --part mlp --topology v5e:2x2
   python benchmarks/tpu_block.py --width 768 --heads 12   # ViT-B's
+  python benchmarks/tpu_block.py --window 14 --grid 64 --images 2 --forward-only   # EVF-SAM's frozen SAM-H
 
 A whole pod row of benchmarks/pod_plan.py takes 8-30 minutes to compile here; one block takes one
 or two, and a train step of L-DIT is 32 (ViT-H) or 12 (ViT-B) of them plus a few percent. So this
@@ -33,39 +34,47 @@ from flax import nnx  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 from jaxris import aot, pallas_costs  # noqa: E402
-from jaxris.models.sam.image_encoder import Block, rel_pos_table  # noqa: E402
+from jaxris.models.sam.image_encoder import Block, rel_pos_table, window_partition  # noqa: E402
 from jaxris.ops import attention  # noqa: E402
 
 PARTS = ("block", "attention", "mlp")
 
 
 def part_loss(part: str, graphdef, images: int, grid: int, prefix: int, width: int, heads: int,
-              rel_pos: bool = True):
-  """loss(params, x [B, grid, grid, C], slots [B, prefix, C]) of one part of the block."""
-  tokens = prefix + grid * grid
+              rel_pos: bool = True, window: int = 0):
+  """loss(params, x [B, grid, grid, C], slots [B, prefix, C]) of one part of the block; a windowed
+  block (`window` > 0) has no slots and its attention core runs over the padded windows."""
 
   def loss(params, x, slots):
     block = nnx.merge(graphdef, params)
     if part == "block":
+      if window:
+        return jnp.sum(block(x).astype(jnp.float32))
       x, slots = block(x, slots)
       return jnp.sum(x.astype(jnp.float32)) + jnp.sum(slots.astype(jnp.float32))
     t = jnp.concatenate([slots, x.reshape(images, grid * grid, width)], axis=1)
     if part == "mlp":
       return jnp.sum((t + block.mlp(block.norm2(t))).astype(jnp.float32))
     # The attention core on q, k, v derived from the tokens (no projections), with the block's tables.
-    q = t.reshape(images, tokens, heads, width // heads)
-    rel = attention.RelPos(rel_pos_table(grid, grid, block.attn.rel_pos_h[...]),
-                           rel_pos_table(grid, grid, block.attn.rel_pos_w[...]), prefix)
+    side, num_prefix = grid, prefix
+    if window:
+      x, _ = window_partition(x, window)
+      t, side, num_prefix = x.reshape(x.shape[0], window * window, width), window, 0
+    q = t.reshape(t.shape[0], t.shape[1], heads, width // heads)
+    rel = attention.RelPos(rel_pos_table(side, side, block.attn.rel_pos_h[...]),
+                           rel_pos_table(side, side, block.attn.rel_pos_w[...]), num_prefix)
     out = attention.attention(q, q * 0.5, q * 0.25, scale=block.attn.scale, rel_pos=rel if rel_pos else None)
     return jnp.sum(out.astype(jnp.float32))
   return loss
 
 
-def model_flops(part: str, images: int, tokens: int, width: int) -> float:
-  """Forward + backward (3x forward) matmul FLOPs of the part, at the model's true head sizes."""
+def model_flops(part: str, images: int, tokens: int, width: int, keys: int | None = None,
+                passes: float = 3.0) -> float:
+  """Forward + backward (3x forward; `passes`=1: forward only) matmul FLOPs of the part, at the
+  model's true head sizes; each query sees `keys` keys (default: all `tokens`, a global block)."""
   linear = 2 * images * tokens * width * width * (12 if part == "block" else 8)  # qkv+proj+mlp, or mlp
-  attend = 4 * images * tokens * tokens * width
-  return 3.0 * {"block": linear + attend, "mlp": linear, "attention": attend}[part]
+  attend = 4 * images * tokens * (keys or tokens) * width
+  return passes * {"block": linear + attend, "mlp": linear, "attention": attend}[part]
 
 
 def main(argv=None) -> int:
@@ -80,22 +89,28 @@ def main(argv=None) -> int:
   p.add_argument("--heads", type=int, default=16, help="attention heads (ViT-H 16, ViT-B 12)")
   p.add_argument("--no-rel-pos", action="store_true",
                  help="--part attention without SAM's relative-position term (what the fold costs)")
+  p.add_argument("--window", type=int, default=0,
+                 help="a windowed block (SAM's 14; DIT runs every block global): no prefix slots")
+  p.add_argument("--forward-only", action="store_true",
+                 help="the forward alone, as a frozen encoder runs it (EVF-SAM's SAM-H)")
   a = p.parse_args(argv)
+  if a.window:
+    a.prefix = 0
 
   gen = aot.parse_topology(a.topology)[0]
   _, peak, bandwidth = aot.CHIPS[gen]
   chip = aot.tpu_devices(a.topology)[:1]
   mesh = Mesh(chip.reshape(1, 1, 1), ("data", "fsdp", "tensor"))
   one_chip = NamedSharding(mesh, P())
-  block = nnx.eval_shape(lambda: Block(a.width, a.heads, 4.0, True, True, 0, (a.grid, a.grid),
+  block = nnx.eval_shape(lambda: Block(a.width, a.heads, 4.0, True, True, a.window,
+                                       (a.window, a.window) if a.window else (a.grid, a.grid),
                                        rngs=nnx.Rngs(0), dtype=jnp.bfloat16))
   graphdef, params = nnx.split(block)
   params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one_chip), params)
   x = jax.ShapeDtypeStruct((a.images, a.grid, a.grid, a.width), jnp.bfloat16, sharding=one_chip)
   slots = jax.ShapeDtypeStruct((a.images, a.prefix, a.width), jnp.bfloat16, sharding=one_chip)
-  step = jax.jit(jax.grad(part_loss(a.part, graphdef, a.images, a.grid, a.prefix, a.width, a.heads,
-                                    not a.no_rel_pos),
-                          argnums=(0, 1, 2)))
+  loss = part_loss(a.part, graphdef, a.images, a.grid, a.prefix, a.width, a.heads, not a.no_rel_pos, a.window)
+  step = jax.jit(loss if a.forward_only else jax.grad(loss, argnums=(0, 1, 2)))
   t0 = time.perf_counter()
   with jax.set_mesh(mesh):
     compiled = aot.lower_for_tpu(step, params, x, slots).compile()
@@ -103,9 +118,14 @@ def main(argv=None) -> int:
   cost = dict((cost[0] if isinstance(cost, (list, tuple)) else cost) or {})
   kernels = pallas_costs.uncosted_kernels(compiled.as_text())
   seconds, source, added = aot.estimate_step(cost, kernels, peak, bandwidth)
-  flops = model_flops(a.part, a.images, a.prefix + a.grid * a.grid, a.width)
+  if a.window:  # the official block pads the grid to whole windows; model FLOPs count the padding
+    side = -(-a.grid // a.window) * a.window
+    flops = model_flops(a.part, a.images, side * side, a.width, a.window ** 2, 1 if a.forward_only else 3)
+  else:
+    flops = model_flops(a.part, a.images, a.prefix + a.grid * a.grid, a.width, None, 1 if a.forward_only else 3)
   rows = [
-      ("part", f"{a.part}, fwd + bwd, {a.images} images x ({a.prefix} + {a.grid}x{a.grid}) tokens, width "
+      ("part", f"{a.part}, {'fwd' if a.forward_only else 'fwd + bwd'}, {a.images} images x "
+               f"({a.prefix} + {a.grid}x{a.grid}) tokens{f', {a.window}x{a.window} windows' if a.window else ''}, width "
                f"{a.width}, {a.heads} heads, bf16, attention path {aot.tpu_attention_path()}"
                + (", no relative positions" if a.no_rel_pos else "")),
       ("chip", f"one of {a.topology}: {peak / 1e12:.0f} TFLOP/s, {bandwidth / 1e12:.2f} TB/s"),

@@ -80,25 +80,44 @@ def test_relative_position_gradients_agree_between_paths():
     assert_close(a, b, what=f"d loss / d {name}")
 
 
-def test_the_tpu_kernel_run_interpreted_matches_one_softmax(monkeypatch):
-  # The TPU path (`impl="pallas"`: tokens padded to 128-blocks, heads-major, the relative-position
-  # term folded in that layout, Pallas' splash attention with its fused backward) run by Pallas'
-  # interpreter on this CPU: DIT's 20 prefix slots + a 23x23 grid = 549 tokens (padded to 640), a
-  # value head narrower than the key's, forward and every gradient (the tables' included).
-  monkeypatch.setattr(attention_op, "_splash_attention",
-                      functools.partial(attention_op._splash_attention, interpret=True))
-  q, k, v, rel, bias = _rel_case((23, 23), 20, b=1, n=2, d=8, seed=11)
+def _check_interpreted_tpu_path(grid, num_prefix, b, n, what):
+  """attention(impl="pallas") against one softmax (forward) and the CPU path (every gradient, the
+  tables' included), with a value head narrower than the key's."""
+  q, k, v, rel, bias = _rel_case(grid, num_prefix, b=b, n=n, d=8, seed=11)
   v = v[..., :6]
   scale = q.shape[-1] ** -0.5
   w = jnp.asarray(np.random.default_rng(12).standard_normal(v.shape), jnp.float32)
-  run = lambda impl: lambda q, k, v, r_h, r_w: attention(q, k, v, scale=scale, rel_pos=RelPos(r_h, r_w, 20),
+  run = lambda impl: lambda q, k, v, r_h, r_w: attention(q, k, v, scale=scale, rel_pos=RelPos(r_h, r_w, num_prefix),
                                                           impl=impl)
   out = jax.jit(run("pallas"))(q, k, v, rel.r_h, rel.r_w)
-  assert_close(out, _reference(q, k, v, scale, bias), what="splash attention (interpreted)")
+  assert_close(out, _reference(q, k, v, scale, bias), what=f"{what} (interpreted)")
   grads = {impl: jax.jit(jax.grad(lambda *a: jnp.sum(w * run(impl)(*a)), argnums=(0, 1, 2, 3, 4)))(
       q, k, v, rel.r_h, rel.r_w) for impl in ("pallas", "cpu")}
   for name, a, b in zip(("q", "k", "v", "r_h", "r_w"), grads["pallas"], grads["cpu"]):
-    assert_close(a, b, what=f"splash attention (interpreted): d loss / d {name}")
+    assert_close(a, b, what=f"{what} (interpreted): d loss / d {name}")
+
+
+@pytest.mark.parametrize("grid,num_prefix,b,n", [
+    ((23, 23), 20, 1, 2),  # DIT's 20 slots + a grid whose rows pad to 24 columns: 5 blocks of 128 queries
+    ((24, 24), 20, 1, 2),  # rows of whole sublane tiles: one pad and one transpose in, 5 blocks
+    ((14, 14), 0, 4, 2),   # SAM's windows, 14 x 16 = 224 tokens each, 8 sequences per grid step
+])
+def test_the_tpu_grid_kernel_run_interpreted_matches_one_softmax(monkeypatch, grid, num_prefix, b, n):
+  # The TPU path with SAM's relative positions (`jaxris.ops.grid_attention`: the two terms added
+  # inside the kernel, keys on sublanes) run by Pallas' interpreter on this CPU.
+  monkeypatch.setattr(attention_op, "_pallas_grid_attention",
+                      functools.partial(attention_op._pallas_grid_attention, interpret=True))
+  _check_interpreted_tpu_path(grid, num_prefix, b, n, "grid attention kernel")
+
+
+def test_the_splash_path_run_interpreted_matches_one_softmax(monkeypatch):
+  # Sequences too long for the grid kernel's one block of keys (over 4224 tokens) take Pallas'
+  # splash attention, the relative-position term folded into q and k: forced here on DIT's 20
+  # slots + a 23x23 grid (549 tokens, padded to 640).
+  monkeypatch.setattr(attention_op, "_grid_layout", lambda *a: None)
+  monkeypatch.setattr(attention_op, "_splash_attention",
+                      functools.partial(attention_op._splash_attention, interpret=True))
+  _check_interpreted_tpu_path((23, 23), 20, 1, 2, "splash attention")
 
 
 @pytest.mark.parametrize("impl", PATHS)
@@ -161,17 +180,15 @@ def test_aot_lowers_on_the_accelerator_path(monkeypatch):
   monkeypatch.delenv("JAXRIS_ATTENTION", raising=False)
   q, k, v, rel, _ = _rel_case((4, 4), 2)
   traced = []
-  monkeypatch.setattr(attention_op, "_fold_rel_pos", lambda *a: traced.append(1) or a[:3])
+  monkeypatch.setattr(attention_op, "_pallas_grid_attention", lambda q, k, v, *a: traced.append(1) or v)
   step = jax.jit(lambda q, k, v: attention(q, k, v, scale=1.0, rel_pos=rel))
   lower_for_tpu(step, q, k, v)
   assert traced, "jaxris.aot lowered the CPU attention kernel"
 
 
-def test_pallas_splash_attention_compiles_for_a_tpu_on_a_mesh():
-  # The TPU path: Pallas splash attention per device under shard_map (batch over data x fsdp, heads
-  # over tensor), 1044 tokens (DIT's 20 + 32x32) padded to 128-blocks, q and k with 64 + 64
-  # relative-position features, v as it is (64). Compiled by libtpu for a v5e:2x2 on this CPU
-  # host (its numbers: the interpreted test above).
+def _compile_for_a_tpu_mesh(shape, grid, num_prefix, d=64):
+  """The compiled HLO of attention(impl="pallas")'s gradient, q, k, v of `shape` split over data x
+  tensor on a v5e:2x2, compiled by libtpu on this CPU host."""
   pytest.importorskip("libtpu")
   from jax.experimental import topologies
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -179,17 +196,48 @@ def test_pallas_splash_attention_compiles_for_a_tpu_on_a_mesh():
   import jaxris.aot  # noqa: F401  (libtpu's environment for a host without TPUs)
   devices = np.asarray(topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices)
   mesh = Mesh(devices.reshape(2, 1, 2), ("data", "fsdp", "tensor"))
-  spec = jax.ShapeDtypeStruct((4, 1044, 4, 64), jnp.bfloat16, sharding=NamedSharding(mesh, P("data", None, "tensor")))
-  r = jax.ShapeDtypeStruct((32, 32, 64), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+  spec = jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=NamedSharding(mesh, P("data", None, "tensor")))
+  r = jax.ShapeDtypeStruct((grid, grid, d), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
 
   def loss(q, k, v, r_h, r_w):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-      out = attention(q, k, v, scale=0.125, rel_pos=RelPos(r_h, r_w, 20), impl="pallas")
+      out = attention(q, k, v, scale=0.125, rel_pos=RelPos(r_h, r_w, num_prefix), impl="pallas")
     return jnp.sum(out.astype(jnp.float32) ** 2)
   # (Mosaic refuses jax_default_matmul_precision="highest" with bf16 operands, which this file sets.)
   with jax.default_matmul_precision("default"):
-    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).lower(spec, spec, spec, r, r).compile().as_text()
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).lower(spec, spec, spec, r, r).compile()
+  hlo = compiled.as_text()
   assert "all-gather" not in hlo  # each device attends over its own rows and heads
+  return compiled, hlo
+
+
+@pytest.mark.parametrize("shape,grid,num_prefix,length", [
+    ((4, 1044, 4, 64), 32, 20, 1152),  # DIT's 20 slots + 32x32 (512 px): 24 + 1024 tokens, padded to 1152
+    ((16, 196, 4, 64), 14, 0, 224),    # SAM's 14x14 windows, rows padded to 16 columns
+])
+def test_the_tpu_grid_kernel_compiles_for_a_tpu_on_a_mesh(shape, grid, num_prefix, length):
+  # The TPU path with relative positions: `grid_attention`'s two kernels per device under
+  # shard_map (batch over data, heads over tensor), compiled by libtpu (their numbers: the
+  # interpreted tests above). Both carry a cost estimate, so XLA costs them itself: their MXU work
+  # at the heads' widths in 128-lane passes, forward q.k and p.v, backward q.k, do.v, p.do, ds.q
+  # and ds.k, counted once per device (the whole program: 2 rows x 2 heads, or 8 windows x 2 heads).
+  from jaxris.pallas_costs import uncosted_kernels
+  compiled, hlo = _compile_for_a_tpu_mesh(shape, grid, num_prefix)
+  assert "grid_attention_fwd" in hlo and "grid_attention_bwd" in hlo
+  assert "splash" not in hlo
+  assert uncosted_kernels(hlo) == []
+  sequences = shape[0] // 2 * shape[2] // 2
+  kernel_flops = 2 * sequences * length * length * (128 + 128 + 3 * 128 + 2 * 128)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  assert kernel_flops <= cost["flops"] <= 1.25 * kernel_flops  # + the terms' einsums and the rest
+
+
+def test_pallas_splash_attention_compiles_for_a_tpu_on_a_mesh(monkeypatch):
+  # Longer sequences than the grid kernel takes: Pallas splash attention per device, 1044 tokens
+  # (forced here) padded to 128-blocks, q and k with 32 + 32 relative-position features, v as it is (64).
+  monkeypatch.setattr(attention_op, "_grid_layout", lambda *a: None)
+  _, hlo = _compile_for_a_tpu_mesh((4, 1044, 4, 64), 32, 20)
   # Splash's kernels carry no cost estimate, so jaxris.aot adds their FLOPs: per device 2 rows x
   # 2 heads x 1152 x 1152 tokens; the forward computes q.k (128 features) and p.v (64, one
   # 128-lane MXU pass), the fused backward q.k, do.v, p.do, ds.q and ds.k.

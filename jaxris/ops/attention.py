@@ -12,10 +12,13 @@ cross-attention) calls this one function. Two paths compute the same softmax(sca
   their operands without copies; short ones are one einsum softmax, normalised after the second
   dot. On an accelerator the steps would serialise attention into tiny kernels.
 * ``xla``: ``jax.nn.dot_product_attention`` (implementation None: XLA's attention, the default on
-  GPU; ``cudnn`` asks for cuDNN's flash attention). ``pallas`` (the default on TPU): Pallas' TPU
-  splash attention for sequences of 512 tokens or more without bias or mask (DIT's and SAM's
-  global blocks), run per device under shard_map; XLA's attention for the rest. The decomposed
-  relative-position term of SAM's ViT is folded into the dot product instead of a bias, exactly:
+  GPU; ``cudnn`` asks for cuDNN's flash attention). ``pallas`` (the default on TPU): SAM's ViT
+  attention (DIT's global blocks, SAM's global blocks and 14x14 windows) runs jaxris' own Pallas
+  kernel, `grid_attention`, which adds the relative-position terms inside the kernel; other
+  sequences of 512 tokens or more without bias or mask (and grids too long for that kernel's one
+  block of keys) run Pallas' TPU splash attention; both per device under shard_map; XLA's
+  attention for the rest. On the XLA and splash paths the decomposed relative-position term of
+  SAM's ViT is folded into the dot product instead of a bias, exactly:
   rel_h[q, kh] + rel_w[q, kw] = [rel_h[q], rel_w[q]] . [onehot(kh), onehot(kw)], so each query gets
   gh + gw extra features and each image key the matching one-hots (prefix tokens get zeros), and no
   [T, S] bias is ever formed (at 512 px: 32 + 32 features beside ViT-B's 64-wide heads, ViT-H's
@@ -38,6 +41,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxris.ops import grid_attention
 
 PATHS = ("cpu", "xla", "cudnn", "pallas")
 _AUTO = {"cpu": "cpu", "tpu": "pallas"}  # backend -> path; any other (GPU): xla
@@ -99,9 +104,12 @@ def attention(q, k, v, *, scale: float, bias=None, key_mask=None, rel_pos: RelPo
     if rel_pos is not None:
       q, k, v, scale = *_fold_rel_pos(q, k, v, scale, rel_pos), 1.0
     return _einsum_attention(q, k, v, scale, bias, key_mask, dropout)
-  if (impl == "pallas" and bias is None and key_mask is None
-      and min(q.shape[1], k.shape[1]) >= _PALLAS_MIN_TOKENS):
-    return _pallas_attention(q, k, v, scale, rel_pos)
+  if impl == "pallas" and bias is None and key_mask is None:
+    lay = None if rel_pos is None else _grid_layout(q, k, rel_pos)
+    if lay is not None:
+      return _pallas_grid_attention(q, k, v, scale, rel_pos, lay)
+    if min(q.shape[1], k.shape[1]) >= _PALLAS_MIN_TOKENS:
+      return _pallas_attention(q, k, v, scale, rel_pos)
   if rel_pos is not None:
     q, k, v, scale = *_fold_rel_pos(q, k, v, scale, rel_pos), 1.0
   mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
@@ -120,28 +128,32 @@ def attention(q, k, v, *, scale: float, bias=None, key_mask=None, rel_pos: RelPo
   return jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale)
 
 
-# Shorter sequences (SAM's 14x14 windows, BERT's 20 tokens) have small logits, and padding them to
-# 128-token blocks would cost more than it saves: they take XLA's attention. So do long queries over
-# a few keys and the reverse (SAM's decoder: 4096 image tokens attending to ~7 prompt tokens, whose
-# keys Pallas would pad to 128).
+# Splash attention is for long sequences. Shorter ones without relative positions (BERT's 20
+# tokens, BEiT-3's ~217) have small logits, and padding them to 128-token blocks would cost more
+# than it saves: they take XLA's attention. So do long queries over a few keys and the reverse
+# (SAM's decoder: 4096 image tokens attending to ~7 prompt tokens, whose keys Pallas would pad to
+# 128). SAM's 14x14 windows take the grid kernel, 8 windows per step (on a v5p, a SAM-H windowed
+# block's forward at 1024 px, 2 images: 2.47 ms with XLA's attention, 2.17 ms with the kernel).
 _PALLAS_MIN_TOKENS = 512
 
 
-def _sharded_over_batch(f, q, k, v):
-  """f(q, k, v) per device when a mesh is set, for heads-major q, k, v [B, N, T, d]: a Pallas kernel
-  is opaque to XLA's partitioner, which would gather its operands onto every device; under
-  shard_map each device runs it on its own batch rows (and heads, where activations are split over
-  the `tensor` axis)."""
+def _sharded_over_batch(f, *arrays):
+  """f(*arrays) per device when a mesh is set, for heads-major arrays [B, N, ...] (q, k, v, ...): a
+  Pallas kernel is opaque to XLA's partitioner, which would gather its operands onto every device;
+  under shard_map each device runs it on its own batch rows (and heads, where activations are
+  split over the `tensor` axis)."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return f(q, k, v)
+    return f(*arrays)
+  q = arrays[0]
   size = lambda names: int(np.prod([mesh.shape[a] for a in names]))
   batch = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
   heads = "tensor" if "tensor" in mesh.axis_names and q.shape[1] % mesh.shape["tensor"] == 0 else None
   if batch and q.shape[0] % size(batch):
     batch = ()
-  spec = jax.sharding.PartitionSpec(batch or None, heads, None, None)
-  return jax.shard_map(f, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+  spec = lambda x: jax.sharding.PartitionSpec(batch or None, heads, *(None,) * (x.ndim - 2))
+  return jax.shard_map(f, mesh=mesh, in_specs=tuple(spec(x) for x in arrays), out_specs=spec(q),
+                       check_vma=False)(*arrays)
 
 
 def _pallas_attention(q, k, v, scale, rel: RelPos | None):
@@ -157,6 +169,32 @@ def _pallas_attention(q, k, v, scale, rel: RelPos | None):
     q, k = _fold_rel_pos_heads_major(q, q_unscaled, k, rel)
   kernel = functools.partial(_splash_attention, real=(t, s))
   return _sharded_over_batch(kernel, q, k, v).transpose(0, 2, 1, 3)[:, :t]
+
+
+def _grid_layout(q, k, rel: RelPos):
+  """`grid_attention`'s layout for self-attention over a prefix + an image grid, or None (then the
+  relative-position term is folded into splash attention, or XLA's attention runs)."""
+  gh, gw = rel.r_h.shape[0], rel.r_w.shape[0]
+  if k.shape[1] != q.shape[1] or q.shape[1] != rel.num_prefix + gh * gw:
+    return None
+  return grid_attention.layout(gh, gw, rel.num_prefix)
+
+
+def _pallas_grid_attention(q, k, v, scale, rel: RelPos, lay, interpret: bool = False):
+  """The TPU path with SAM's relative positions: `grid_attention`'s kernel (the terms added inside
+  it, not folded into q and k), per device; any sequence length up to its MAX_KEYS, windows too."""
+  q, k, v = (grid_attention.to_sequences(x, lay) for x in (q, k, v))
+  rel_h, rel_w = grid_attention.relative_terms(q, rel.r_h, rel.r_w, lay)
+  q = q * jnp.asarray(scale, q.dtype)
+
+  def per_device(q, k, v, rel_h, rel_w):
+    b, n = q.shape[:2]
+    flat = lambda x: x.reshape(b * n, *x.shape[2:])
+    out = grid_attention.kernel_attention(flat(q), flat(k), flat(v), flat(rel_h), flat(rel_w),
+                                          grid_attention.with_group(lay, b * n), interpret)
+    return out.reshape(b, n, *out.shape[1:])
+
+  return grid_attention.from_sequences(_sharded_over_batch(per_device, q, k, v, rel_h, rel_w), lay)
 
 
 def _key_onehots(length: int, num_prefix: int, gh: int, gw: int) -> np.ndarray:
