@@ -1,9 +1,16 @@
 """The work of the Pallas TPU kernels that XLA's cost model cannot see, read from a compiled module.
 
 A Pallas kernel reaches XLA as a ``tpu_custom_call``; XLA costs it from the ``cost_estimate`` the
-kernel was built with. jaxris' TPU attention, Pallas' splash attention, gives none to any of its
-kernels (forward, fused backward), and Pallas' flash attention gives one to its forward kernel only
-(its backward kernels ``flash_mha_bwd_dkv`` and ``flash_mha_bwd_dq`` carry none). For such a kernel
+kernel was built with. jaxris' TPU attention kernels give none: its own grid kernel
+(`jaxris.ops.grid_attention`: forward, backward) and Pallas' splash attention (forward, fused
+backward); Pallas' flash attention gives one to its forward kernel only (its backward kernels
+``flash_mha_bwd_dkv`` and ``flash_mha_bwd_dq`` carry none). jaxris' kernels go without on purpose,
+so that every Pallas kernel is costed the same way: XLA's cost model charges a kernel with an
+estimate its FLOPs' time *plus* its bytes' time (no overlap of DMA and compute; checked on a v5p:
+the grid kernel's forward over 256 x 1152 tokens, 174 GFLOP and 0.91 GB, was charged 0.73 ms, the
+sum of 0.38 and 0.33), and one without its bytes only, to which `jaxris.aot` adds the time its
+FLOPs take beyond them: the slower of the two, as a kernel that overlaps its DMA with its matmuls
+runs. For such a kernel
 XLA's ``cost_analysis()`` counts no FLOPs and its TPU cost model charges its memory traffic alone
 (checked on a v5p with flash attention over 4 x 16 heads x 1152 tokens x 256 features: the backward
 added 241 us to the estimate, its two kernels move 642 MB, 232 us at HBM bandwidth, while their
@@ -60,8 +67,10 @@ def attention_kernel_flops(name: str, q: tuple[int, ...], k: tuple[int, ...], v:
   t, d = q[-2], _lanes(q[-1])
   s, dv = k[-2], _lanes(v[-1])
   pairs = 2.0 * math.prod(q[:-2]) * t * s
-  if name.startswith("splash_mha_fwd"):
+  if name.startswith(("splash_mha_fwd", "grid_attention_fwd")):
     return pairs * (d + dv)
+  if name.startswith("grid_attention_bwd"):  # jaxris.ops.grid_attention: dq, dk, dv in one kernel
+    return pairs * (3 * d + 2 * dv)
   if name.startswith(("flash_mha_bwd_dkv", "splash_mha_dkv")):
     return pairs * (2 * d + 2 * dv + (d if fused else 0))
   if name.startswith(("flash_mha_bwd_dq", "splash_mha_dq")):

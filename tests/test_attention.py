@@ -218,19 +218,18 @@ def _compile_for_a_tpu_mesh(shape, grid, num_prefix, d=64):
 def test_the_tpu_grid_kernel_compiles_for_a_tpu_on_a_mesh(shape, grid, num_prefix, length):
   # The TPU path with relative positions: `grid_attention`'s two kernels per device under
   # shard_map (batch over data, heads over tensor), compiled by libtpu (their numbers: the
-  # interpreted tests above). Both carry a cost estimate, so XLA costs them itself: their MXU work
-  # at the heads' widths in 128-lane passes, forward q.k and p.v, backward q.k, do.v, p.do, ds.q
-  # and ds.k, counted once per device (the whole program: 2 rows x 2 heads, or 8 windows x 2 heads).
+  # interpreted tests above). Like splash's they carry no cost estimate; jaxris.aot adds their MXU
+  # work at the heads' widths in 128-lane passes: per device 2 rows x 2 heads (or 8 windows x 2
+  # heads); forward q.k and p.v, backward q.k, do.v, p.do, ds.q and ds.k.
   from jaxris.pallas_costs import uncosted_kernels
-  compiled, hlo = _compile_for_a_tpu_mesh(shape, grid, num_prefix)
-  assert "grid_attention_fwd" in hlo and "grid_attention_bwd" in hlo
+  _, hlo = _compile_for_a_tpu_mesh(shape, grid, num_prefix)
   assert "splash" not in hlo
-  assert uncosted_kernels(hlo) == []
-  sequences = shape[0] // 2 * shape[2] // 2
-  kernel_flops = 2 * sequences * length * length * (128 + 128 + 3 * 128 + 2 * 128)
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  assert kernel_flops <= cost["flops"] <= 1.25 * kernel_flops  # + the terms' einsums and the rest
+  kernels = {k.name.rsplit(".", 1)[0]: k for k in uncosted_kernels(hlo)}
+  assert sorted(kernels) == ["grid_attention_bwd", "grid_attention_fwd"]
+  pairs = 2 * (shape[0] // 2) * (shape[2] // 2) * length * length
+  assert kernels["grid_attention_fwd"].flops == pairs * (128 + 128)
+  assert kernels["grid_attention_bwd"].flops == pairs * (3 * 128 + 2 * 128)
+  assert kernels["grid_attention_bwd"].bytes >= (shape[0] // 2) * (shape[2] // 2) * length * 64 * 2 * 4  # bf16 q, k, v, do
 
 
 def test_pallas_splash_attention_compiles_for_a_tpu_on_a_mesh(monkeypatch):

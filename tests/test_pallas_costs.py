@@ -45,6 +45,8 @@ def test_splash_kernels_are_found_with_their_flops_and_bytes():
     ("splash_mha_dkv_no_residuals", True, 3 * 128 + 2 * 128),
     ("splash_mha_dq_no_residuals", False, 2 * 128 + 128),
     ("splash_mha_fwd_no_residuals", False, 128 + 128),
+    ("grid_attention_fwd.3", False, 128 + 128),         # jaxris.ops.grid_attention
+    ("grid_attention_bwd.3", False, 3 * 128 + 2 * 128),
 ])
 def test_attention_kernel_flops_per_kernel(name, fused, factor):
   # ViT-B at 512 px on the flash path: q, k, v padded to 128 features; 2 rows x 12 heads x 1152 tokens.

@@ -16,8 +16,8 @@ relative positions (forward 2, backward 5) at the heads' own widths. The terms t
 All keys of a sequence sit in one block (up to `MAX_KEYS`), so the backward recomputes the
 softmax exactly from the logits (no log-sum-exp carried from the forward) and writes dq once.
 Short sequences (SAM's 14x14 windows: 14 x 16 = 224 tokens) go up to 8 at a time per grid step.
-Both kernels carry a cost estimate (their MXU work in whole 128-lane passes), so XLA's cost model
-counts them.
+Like splash's, neither kernel carries a cost estimate: `jaxris.pallas_costs` gives XLA's cost model
+their FLOPs (their MXU work in whole 128-lane passes), so that every Pallas kernel is costed alike.
 
 Layout, per sequence of ``length`` tokens: zeros up to a whole sublane tile, the ``num_prefix``
 prefix tokens (DIT's text slots: no relative-position term), the image rows of gwp columns (those
@@ -153,24 +153,12 @@ def _backward_kernel(q_ref, k_ref, v_ref, rh_ref, rw_ref, do_ref,
     dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
 
-def _lanes(d: int) -> int:
-  return -(-d // 128) * 128
-
-
 def _specs(lay: Layout):
   g, bq, s = lay.group, lay.block_q, lay.length
   per_query = lambda width: pl.BlockSpec((g, bq, width), lambda i, j: (i, j, 0))
   per_key = lambda width: pl.BlockSpec((g, s, width), lambda i, j: (i, 0, 0))
   per_query_rel = lambda rows: pl.BlockSpec((g, rows, bq), lambda i, j: (i, 0, j))
   return per_query, per_key, per_query_rel
-
-
-def _cost(q, k, v, passes_d: int, passes_dv: int, exps: int, arrays) -> pl.CostEstimate:
-  """MXU FLOPs in whole 128-lane passes over the heads' widths (Mosaic pads 80 to 128)."""
-  pairs = 2.0 * q.shape[0] * q.shape[1] * k.shape[1]
-  flops = pairs * (passes_d * _lanes(q.shape[2]) + passes_dv * _lanes(v.shape[2]))
-  return pl.CostEstimate(flops=int(flops), transcendentals=int(exps * pairs / 2),
-                         bytes_accessed=int(sum(a.size * a.dtype.itemsize for a in arrays)))
 
 
 def _params(*semantics):
@@ -187,7 +175,6 @@ def _forward(q, k, v, rel_h, rel_w, lay: Layout, interpret: bool):
       grid=(n // lay.group, lay.length // lay.block_q),
       in_specs=[per_query(d), per_key(d), per_key(dv), per_query_rel(lay.gh), per_query_rel(lay.gwp)],
       out_specs=per_query(dv), compiler_params=_params("parallel", "parallel"),
-      cost_estimate=_cost(q, k, v, 1, 1, 1, (q, k, v, rel_h, rel_w, out)),
       name="grid_attention_fwd", interpret=interpret)(q, k, v, rel_h, rel_w)
 
 
@@ -207,8 +194,6 @@ def _backward(q, k, v, rel_h, rel_w, do, lay: Layout, interpret: bool):
       scratch_shapes=[pltpu.VMEM((lay.group, lay.length, d), jnp.float32),
                       pltpu.VMEM((lay.group, lay.length, dv), jnp.float32)],
       compiler_params=_params("parallel", "arbitrary"),
-      # logits (recomputed), dp = do v, dv = p do, dk = ds q, dq = ds k
-      cost_estimate=_cost(q, k, v, 3, 2, 1, (q, k, v, rel_h, rel_w, do, *outs)),
       name="grid_attention_bwd", interpret=interpret)(q, k, v, rel_h, rel_w, do)
 
 
