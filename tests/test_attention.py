@@ -105,8 +105,7 @@ def _check_interpreted_tpu_path(grid, num_prefix, b, n, what):
 def test_the_tpu_grid_kernel_run_interpreted_matches_one_softmax(monkeypatch, grid, num_prefix, b, n):
   # The TPU path with SAM's relative positions (`jaxris.ops.grid_attention`: the two terms added
   # inside the kernel, keys on sublanes) run by Pallas' interpreter on this CPU.
-  monkeypatch.setattr(attention_op, "_pallas_grid_attention",
-                      functools.partial(attention_op._pallas_grid_attention, interpret=True))
+  monkeypatch.setattr(attention_op, "_grid_kernel", functools.partial(attention_op._grid_kernel, interpret=True))
   _check_interpreted_tpu_path(grid, num_prefix, b, n, "grid attention kernel")
 
 
@@ -281,6 +280,28 @@ def test_sam_vit_on_the_accelerator_path(xla_path):
   assert_close(ours, ref, what="SAM ViT (xla attention)")
 
 
+def test_sam_vit_on_the_tpu_path_interpreted(monkeypatch):
+  # The TPU path of SAM's ViT (`grid_attention`'s kernels, run by Pallas' interpreter): windowed
+  # blocks straight from the grid (`windowed_attention`, a 10x18 grid in padded 14x14 windows) and
+  # a global block, against the official encoder.
+  from sam_fixtures import nchw, nhwc
+  from test_sam_image_encoder import official_encoder
+
+  from jaxris.weights import sam as sam_weights
+  monkeypatch.setattr(attention_op, "_grid_kernel", functools.partial(attention_op._grid_kernel, interpret=True))
+  kernels, run_kernel = [], attention_op.grid_attention.kernel_attention
+  monkeypatch.setattr(attention_op.grid_attention, "kernel_attention",
+                      lambda *a: kernels.append(a[5]) or run_kernel(*a))
+  official = official_encoder(96, 2, 4, (1,), img_size=288, use_abs_pos=False)
+  x = torch.randn(1, 3, 160, 288, generator=torch.Generator().manual_seed(4))
+  with torch.no_grad():
+    ref = official(x)
+  with attention_op.use("pallas"):
+    ours = nchw(_jit()(sam_weights.encoder_from_torch(official.state_dict()), jnp.asarray(nhwc(x))))
+  assert_close(ours, ref, what="SAM ViT (pallas attention, interpreted)")
+  assert [(k.gh, k.gw, k.length) for k in kernels] == [(14, 14, 224), (10, 18, 240)]  # windows, then global
+
+
 def test_sam_mask_decoder_on_the_accelerator_path(xla_path):
   from sam_fixtures import convert, nhwc, official_sam
   official = official_sam(embed_dim=96, depth=2, num_heads=4, global_attn_indexes=(1,), seed=7)
@@ -321,11 +342,8 @@ def test_beit3_on_the_accelerator_path(xla_path):
   assert_close(out, ref["encoder_out"], what="BEiT-3 joint (xla attention)")
 
 
-@pytest.mark.parametrize("scheme", ["crossatt_ffn"])
-def test_dit_on_the_accelerator_path(xla_path, scheme):
-  # Every DIT scheme prepends its 20 text slots to the ViT's global blocks (relative positions on
-  # the image block only); crossatt_ffn also writes them by the slots' cross-attention over the
-  # image tokens (dit_crossatt.MHAtt). L-DIT differs only in how the slots are written.
+def _dit_case(scheme):
+  """(our model, its inputs, the reference's logits) for a small DIT of `scheme`."""
   from dit_reference import DitNet
   from sam_fixtures import nhwc
   from test_dit import BERT, _inputs
@@ -340,8 +358,25 @@ def test_dit_on_the_accelerator_path(xla_path, scheme):
   images, ids, mask = _inputs(size=128)
   with torch.no_grad():
     expected = ref(images, ids, mask)
-  ours = _jit()(model, jnp.asarray(nhwc(images)), jnp.asarray(ids.numpy()), jnp.asarray(mask.numpy()))
-  assert_close(ours, expected, what=f"{scheme} logits (xla attention)")
+  return model, (jnp.asarray(nhwc(images)), jnp.asarray(ids.numpy()), jnp.asarray(mask.numpy())), expected
+
+
+@pytest.mark.parametrize("scheme", ["crossatt_ffn"])
+def test_dit_on_the_accelerator_path(xla_path, scheme):
+  # Every DIT scheme prepends its 20 text slots to the ViT's global blocks (relative positions on
+  # the image block only); crossatt_ffn also writes them by the slots' cross-attention over the
+  # image tokens (dit_crossatt.MHAtt). L-DIT differs only in how the slots are written.
+  model, inputs, expected = _dit_case(scheme)
+  assert_close(_jit()(model, *inputs), expected, what=f"{scheme} logits (xla attention)")
+
+
+def test_dit_on_the_tpu_path_interpreted(monkeypatch):
+  # The same on the TPU path, `grid_attention`'s kernels run by Pallas' interpreter: 20 slots
+  # (padded to 24 in front) + an 8x8 grid in every global block.
+  monkeypatch.setattr(attention_op, "_grid_kernel", functools.partial(attention_op._grid_kernel, interpret=True))
+  model, inputs, expected = _dit_case("crossatt_ffn")
+  with attention_op.use("pallas"):
+    assert_close(_jit()(model, *inputs), expected, what="crossatt_ffn logits (pallas attention, interpreted)")
 
 
 def test_tiny_vit_on_the_accelerator_path(xla_path):

@@ -180,10 +180,16 @@ def _grid_layout(q, k, rel: RelPos):
   return grid_attention.layout(gh, gw, rel.num_prefix)
 
 
-def _pallas_grid_attention(q, k, v, scale, rel: RelPos, lay, interpret: bool = False):
+def _pallas_grid_attention(q, k, v, scale, rel: RelPos, lay):
   """The TPU path with SAM's relative positions: `grid_attention`'s kernel (the terms added inside
   it, not folded into q and k), per device; any sequence length up to its MAX_KEYS, windows too."""
   q, k, v = (grid_attention.to_sequences(x, lay) for x in (q, k, v))
+  return grid_attention.from_sequences(_grid_kernel(q, k, v, scale, rel, lay), lay)
+
+
+def _grid_kernel(q, k, v, scale, rel: RelPos, lay, interpret: bool = False):
+  """`grid_attention.kernel_attention` on heads-major, unscaled q, k, v [B, N, L, d] in `lay`'s
+  order, per device; -> [B, N, L, dv]."""
   rel_h, rel_w = grid_attention.relative_terms(q, rel.r_h, rel.r_w, lay)
   q = q * jnp.asarray(scale, q.dtype)
 
@@ -194,7 +200,28 @@ def _pallas_grid_attention(q, k, v, scale, rel: RelPos, lay, interpret: bool = F
                                           grid_attention.with_group(lay, b * n), interpret)
     return out.reshape(b, n, *out.shape[1:])
 
-  return grid_attention.from_sequences(_sharded_over_batch(per_device, q, k, v, rel_h, rel_w), lay)
+  return _sharded_over_batch(per_device, q, k, v, rel_h, rel_w)
+
+
+def windowed_attention(qkv, num_heads: int, window: int, *, scale: float, rel_pos: RelPos | None = None,
+                       impl: str | None = None):
+  """Attention within each window x window window of a grid: qkv [B, Hp, Wp, 3C] (every token's q, k
+  and v, each `num_heads` heads wide; the grid's sides whole windows) -> [B, Hp, Wp, C]; `rel_pos`
+  over one window. SAM's windowed blocks. On the pallas path with relative positions the windows go
+  to `grid_attention`'s kernel straight from the grid, cut out, padded and made heads-major in one
+  transpose (on a v5p, a SAM-H windowed block's forward at 1024 px, 2 images: 1.81 ms, against
+  2.05 ms with the windows cut out first and then laid out for the kernel); otherwise they are cut
+  out and run through `attention`."""
+  b, hp, wp, c3 = qkv.shape
+  nh, nw, c = hp // window, wp // window, c3 // 3
+  if (impl or path()) == "pallas" and rel_pos is not None:
+    lay = grid_attention.layout(window, window, 0)
+    q, k, v = grid_attention.windows_to_sequences(qkv, num_heads, window, lay)
+    return grid_attention.sequences_to_windows(_grid_kernel(q, k, v, scale, rel_pos, lay), (b, hp, wp), window, lay)
+  x = qkv.reshape(b, nh, window, nw, window, c3).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(b * nh * nw, window * window, 3, num_heads, c // num_heads)
+  out = attention(x[:, :, 0], x[:, :, 1], x[:, :, 2], scale=scale, rel_pos=rel_pos, impl=impl)
+  return out.reshape(b, nh, nw, window, window, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
 
 
 def _key_onehots(length: int, num_prefix: int, gh: int, gw: int) -> np.ndarray:

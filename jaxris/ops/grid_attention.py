@@ -261,3 +261,23 @@ def relative_terms(q_seq, r_h, r_w, lay: Layout):
   terms = jnp.pad(terms, ((0, 0), (0, 0), (0, 0), (a, lay.length - a - lay.image)))
   rel_w = jnp.pad(terms[:, :, gh:], ((0, 0), (0, 0), (0, lay.gwp - gw), (0, 0)), constant_values=MASKED)
   return terms[:, :, :gh], rel_w
+
+
+def windows_to_sequences(qkv, num_heads: int, window: int, lay: Layout):
+  """SAM's windowed blocks: qkv [B, Hp, Wp, 3C] over a grid of whole windows (q, k, v, each heads x d)
+  -> q, k, v [B * nWindows, N, L, d] in `lay`'s order (a window's rows padded to gwp columns), the
+  windows cut out, padded and made heads-major in one transpose."""
+  b, hp, wp, c3 = qkv.shape
+  nh, nw, d = hp // window, wp // window, c3 // 3 // num_heads
+  x = qkv.reshape(b, nh, window, nw, window, 3, num_heads, d)
+  x = jnp.pad(x, ((0, 0),) * 4 + ((0, lay.gwp - window),) + ((0, 0),) * 3)
+  x = x.transpose(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, b * nh * nw, num_heads, lay.length, d)
+  return x[0], x[1], x[2]
+
+
+def sequences_to_windows(y, grid: tuple[int, int, int], window: int, lay: Layout):
+  """Inverse of `windows_to_sequences` for the output: [B * nWindows, N, L, d] -> [B, Hp, Wp, N * d]."""
+  b, hp, wp = grid
+  n, d = y.shape[1], y.shape[3]
+  y = y.reshape(b, hp // window, wp // window, n, window, lay.gwp, d)[:, :, :, :, :, :window]
+  return y.transpose(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, n * d)

@@ -22,7 +22,7 @@ from flax import nnx
 
 from jaxris.models.layers import axes, conv, dense, shard_batch
 from jaxris.models.sam.common import MLPBlock, layer_norm
-from jaxris.ops.attention import RelPos, attention
+from jaxris.ops.attention import RelPos, attention, windowed_attention
 from jaxris.ops.resize import linear_matrix, resize_2d
 
 
@@ -105,12 +105,16 @@ class Attention(nnx.Module):
     b, n, _ = qkv.shape
     qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    rel = None
-    if self.use_rel_pos:
-      (gh, gw) = grid
-      rel = RelPos(rel_pos_table(gh, gh, self.rel_pos_h[...]), rel_pos_table(gw, gw, self.rel_pos_w[...]),
-                   num_prefix)
-    return attention(q, k, v, scale=self.scale, rel_pos=rel).reshape(b, n, self.num_heads * self.head_dim)
+    return attention(q, k, v, scale=self.scale, rel_pos=self.rel_pos(grid, num_prefix)).reshape(
+        b, n, self.num_heads * self.head_dim)
+
+  def rel_pos(self, grid: tuple[int, int], num_prefix: int = 0) -> RelPos | None:
+    """The relative-position tables for a (prefix +) gh x gw grid of tokens, or None without them."""
+    if not self.use_rel_pos:
+      return None
+    (gh, gw) = grid
+    return RelPos(rel_pos_table(gh, gh, self.rel_pos_h[...]), rel_pos_table(gw, gw, self.rel_pos_w[...]),
+                  num_prefix)
 
 
 def window_partition(x: jnp.ndarray, window: int):
@@ -187,15 +191,15 @@ class Block(nnx.Module):
     ws = self.window_size
     qkv = self.attn.qkv(y)
     pad_h, pad_w = (-h) % ws, (-w) % ws
-    if (pad_h or pad_w) and self.attn.qkv.bias is not None:
+    if pad_h or pad_w:
       qkv = jnp.pad(qkv, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-      valid = np.zeros((h + pad_h, w + pad_w, 1), bool)
-      valid[:h, :w] = True
-      qkv = jnp.where(valid, qkv, self.attn.qkv.bias[...].astype(qkv.dtype))
-    windows, padded = window_partition(qkv, ws)  # pads with zeros only if there was no bias
-    nw = windows.shape[0]
-    out = self.attn.attend(windows.reshape(nw, ws * ws, 3 * c), (ws, ws))
-    return window_unpartition(out.reshape(nw, ws, ws, c), ws, padded, (h, w))
+      if self.attn.qkv.bias is not None:
+        valid = np.zeros((h + pad_h, w + pad_w, 1), bool)
+        valid[:h, :w] = True
+        qkv = jnp.where(valid, qkv, self.attn.qkv.bias[...].astype(qkv.dtype))
+    out = windowed_attention(qkv, self.attn.num_heads, ws, scale=self.attn.scale,
+                             rel_pos=self.attn.rel_pos((ws, ws)))
+    return out[:, :h, :w]
 
 
 class PatchEmbed(nnx.Module):
