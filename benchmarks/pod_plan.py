@@ -65,10 +65,11 @@ def run_row(row, timeout: float) -> dict:
 NOTE = ("Compiler estimates (XLA's memory_analysis / cost_analysis for the TPU, compiled on a CPU host with "
         "libtpu), not measured runs. MFU = analytic model FLOPs / (estimated step time x chips x peak bf16 "
         "FLOP/s); the step time is XLA's TPU cost model's (optimal_seconds) where it gives one, else the roofline "
-        "of XLA's per-chip FLOPs and HBM bytes; communication not included. XLA has no cost for the kernels "
-        "of Pallas splash attention, jaxris' TPU attention (it charges them their bytes only): their FLOPs are "
-        "added at peak (jaxris/pallas_costs.py; before session 13 the uncosted backward kernels of flash "
-        "attention were not counted, and ViT-H on v5p-128 read 45%).")
+        "of XLA's per-chip FLOPs and HBM bytes; communication not included. jaxris' TPU attention kernels "
+        "(its own grid kernel for SAM's ViT, jaxris/ops/grid_attention.py, and Pallas' splash attention) carry "
+        "no cost estimate, so XLA charges them their bytes only: their FLOPs are added at peak, each kernel "
+        "costing the slower of the two (jaxris/pallas_costs.py; before session 13 the uncosted backward "
+        "kernels of flash attention were not counted, and ViT-H on v5p-128 read 45%).")
 
 
 def table(rows, results: dict) -> str:

@@ -7,12 +7,14 @@
   python benchmarks/tpu_block.py --width 768 --heads 12   # ViT-B's
   python benchmarks/tpu_block.py --window 14 --grid 64 --images 2 --forward-only   # EVF-SAM's frozen SAM-H
 
-A whole pod row of benchmarks/pod_plan.py takes 8-30 minutes to compile here; one block takes one
-or two, and a train step of L-DIT is 32 (ViT-H) or 12 (ViT-B) of them plus a few percent. So this
-is the loop for work on the TPU path: change the attention op, see the block's estimate move.
-The block is SAM's global block as DIT runs it (prefix text slots + a grid of image tokens, the
-relative-position term folded into the kernel), in bf16, on one chip of `--topology`, with the
-images a chip gets in the pod table's rows (16). Figures are XLA's compiler estimates (the TPU
+A whole pod row of benchmarks/pod_plan.py takes 3-30 minutes to compile here; one block takes
+seconds, and a train step of L-DIT is 32 (ViT-H) or 12 (ViT-B) of them plus the rest. So this is
+the loop for work on the TPU path: change the attention op, see the block's estimate move; then
+check the pod row, which has not always followed (session 15: ViT-H's block 9.87 -> 8.60 ms, its
+v5p-128 row 345 -> 335 ms for 32 blocks, not 305).
+The block is SAM's global block as DIT runs it (prefix text slots + a grid of image tokens, with
+SAM's relative positions), or a windowed one (`--window`), in bf16, on one chip of `--topology`,
+with the images a chip gets in the pod table's rows (16). Figures are XLA's compiler estimates (the TPU
 cost model's ``optimal_seconds`` plus what `jaxris.pallas_costs` adds for the Pallas kernels XLA
 cannot cost, as `jaxris.aot` does), not measured runs; MFU counts the block's model FLOPs
 (forward + backward, 3x the forward's) against the chip's peak.

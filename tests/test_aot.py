@@ -57,10 +57,13 @@ def _compiled_for_a_v5e_2x2(recipe, tmp_path):
   assert report["model_flops_per_step"] > 0 and report["xla_flops_per_step"] > 0
   assert report["estimated_step_s"] > 0 and 0 < report["estimated_mfu"] <= 1
   assert report["images_per_s"] == pytest.approx(8 / report["estimated_step_s"])
-  # 64 tokens take XLA's attention: no Pallas kernel, nothing added to XLA's estimate.
-  assert report["uncosted_kernels"] == {"count": 0, "flops": 0, "seconds_added": 0.0, "unknown": []}
+  # SAM's ViT attention (an 8x8 grid, 64 tokens) takes jaxris' grid kernel, which jaxris.aot knows:
+  # its FLOPs are added to XLA's estimate (a few us here: the kernels' bytes take longer).
+  kernels = report["uncosted_kernels"]
+  assert kernels["count"] > 0 and kernels["flops"] > 0 and kernels["unknown"] == []
+  assert kernels["seconds_added"] >= 0
   for line in ("v5e:2x2 (4 chips)", "(2, 1, 2)", "per-chip memory", "of 16.00 GiB HBM: fits", "est. MFU",
-               "Pallas kernels XLA cannot cost  none", "not measured runs"):
+               f"Pallas kernels XLA cannot cost  {kernels['count']}: ", "not measured runs"):
     assert line in r.stdout, (line, r.stdout)
   return report
 
