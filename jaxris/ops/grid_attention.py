@@ -243,6 +243,15 @@ def from_sequences(y, lay: Layout):
   return jnp.concatenate([y[:, a - lay.num_prefix:a], img], axis=1) if lay.num_prefix else img
 
 
+def per_query_tables(r_h, r_w):
+  """SAM's tables r_h [gh, gh, d] and r_w [gw, gw, d] (indexed per query and key row / column) laid
+  out per (query row, query column): [gh, gw, gh + gw, d], so that both terms of every image query
+  come from one batched dot."""
+  gh, gw, d = r_h.shape[0], r_w.shape[0], r_h.shape[-1]
+  return jnp.concatenate([jnp.broadcast_to(r_h[:, None], (gh, gw, gh, d)),
+                          jnp.broadcast_to(r_w[None], (gh, gw, gw, d))], axis=2)
+
+
 def relative_terms(q_seq, r_h, r_w, lay: Layout):
   """rel_h [B, N, gh, L] and rel_w [B, N, gwp, L] of heads-major, unscaled queries in `lay`'s order
   (`to_sequences`): the official term, each query against the tables already indexed per (query,
@@ -254,8 +263,7 @@ def relative_terms(q_seq, r_h, r_w, lay: Layout):
   b, n, _, d = q_seq.shape
   gh, gw, a = lay.gh, lay.gw, lay.start
   q_img = q_seq[:, :, a:a + lay.image].reshape(b, n, gh, lay.gwp, d)[:, :, :, :gw]
-  table = jnp.concatenate([jnp.broadcast_to(r_h[:, None], (gh, gw, gh, d)),
-                           jnp.broadcast_to(r_w[None], (gh, gw, gw, d))], axis=2).astype(q_seq.dtype)
+  table = per_query_tables(r_h, r_w).astype(q_seq.dtype)
   terms = jnp.einsum("bnhwc,hwkc->bnkhw", q_img, table)  # [B, N, gh + gw, gh, gw]
   terms = jnp.pad(terms, ((0, 0),) * 4 + ((0, lay.gwp - gw),)).reshape(b, n, gh + gw, lay.image)
   terms = jnp.pad(terms, ((0, 0), (0, 0), (0, 0), (a, lay.length - a - lay.image)))
