@@ -36,7 +36,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 from jaxris import aot, pallas_costs  # noqa: E402
-from jaxris.models.sam.image_encoder import Block, rel_pos_table, window_partition  # noqa: E402
+from jaxris.models.sam.image_encoder import Block, rel_pos_table  # noqa: E402
 from jaxris.ops import attention  # noqa: E402
 
 PARTS = ("block", "attention", "mlp")
@@ -60,7 +60,7 @@ def part_loss(part: str, graphdef, images: int, grid: int, prefix: int, width: i
     # The attention core on q, k, v derived from the tokens (no projections), with the block's tables.
     side, num_prefix = grid, prefix
     if window:
-      x, _ = window_partition(x, window)
+      x, _ = attention.window_partition(x, window)
       t, side, num_prefix = x.reshape(x.shape[0], window * window, width), window, 0
     q = t.reshape(t.shape[0], t.shape[1], heads, width // heads)
     rel = attention.RelPos(rel_pos_table(side, side, block.attn.rel_pos_h[...]),
@@ -120,11 +120,12 @@ def main(argv=None) -> int:
   cost = dict((cost[0] if isinstance(cost, (list, tuple)) else cost) or {})
   kernels = pallas_costs.uncosted_kernels(compiled.as_text())
   seconds, source, added = aot.estimate_step(cost, kernels, peak, bandwidth)
+  passes = 1 if a.forward_only else 3
   if a.window:  # the official block pads the grid to whole windows; model FLOPs count the padding
     side = -(-a.grid // a.window) * a.window
-    flops = model_flops(a.part, a.images, side * side, a.width, a.window ** 2, 1 if a.forward_only else 3)
+    flops = model_flops(a.part, a.images, side * side, a.width, a.window ** 2, passes)
   else:
-    flops = model_flops(a.part, a.images, a.prefix + a.grid * a.grid, a.width, None, 1 if a.forward_only else 3)
+    flops = model_flops(a.part, a.images, a.prefix + a.grid * a.grid, a.width, None, passes)
   rows = [
       ("part", f"{a.part}, {'fwd' if a.forward_only else 'fwd + bwd'}, {a.images} images x "
                f"({a.prefix} + {a.grid}x{a.grid}) tokens{f', {a.window}x{a.window} windows' if a.window else ''}, width "

@@ -10,9 +10,8 @@ estimate its FLOPs' time *plus* its bytes' time (no overlap of DMA and compute; 
 the grid kernel's forward over 256 x 1152 tokens, 174 GFLOP and 0.91 GB, was charged 0.73 ms, the
 sum of 0.38 and 0.33), and one without its bytes only, to which `jaxris.aot` adds the time its
 FLOPs take beyond them: the slower of the two, as a kernel that overlaps its DMA with its matmuls
-runs. For such a kernel
-XLA's ``cost_analysis()`` counts no FLOPs and its TPU cost model charges its memory traffic alone
-(checked on a v5p with flash attention over 4 x 16 heads x 1152 tokens x 256 features: the backward
+runs. For a kernel without an estimate XLA's ``cost_analysis()`` counts no FLOPs and its TPU cost
+model charges its memory traffic alone (checked on a v5p with flash attention over 4 x 16 heads x 1152 tokens x 256 features: the backward
 added 241 us to the estimate, its two kernels move 642 MB, 232 us at HBM bandwidth, while their
 304 GFLOP take 663 us at peak), so a long-sequence train step looked up to about twice as fast in
 attention as it can be. `uncosted_kernels` finds such kernels in ``compiled.as_text()`` and gives

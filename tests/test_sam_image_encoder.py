@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from flax import nnx
 from segment_anything.modeling import ImageEncoderViT as OfficialEncoder
 
-from jaxris.models.sam.image_encoder import window_partition, window_unpartition
+from jaxris.ops.attention import window_partition, window_unpartition
 from jaxris.weights import sam as sam_weights
 from parity import assert_close
 from sam_fixtures import nchw, nhwc

@@ -218,10 +218,29 @@ def windowed_attention(qkv, num_heads: int, window: int, *, scale: float, rel_po
   if lay is not None:
     q, k, v = grid_attention.windows_to_sequences(qkv, num_heads, window, lay)
     return grid_attention.sequences_to_windows(_grid_kernel(q, k, v, scale, rel_pos, lay), (b, hp, wp), window, lay)
-  x = qkv.reshape(b, nh, window, nw, window, c3).transpose(0, 1, 3, 2, 4, 5)
-  x = x.reshape(b * nh * nw, window * window, 3, num_heads, c // num_heads)
+  x = window_partition(qkv, window)[0].reshape(b * nh * nw, window * window, 3, num_heads, c // num_heads)
   out = attention(x[:, :, 0], x[:, :, 1], x[:, :, 2], scale=scale, rel_pos=rel_pos, impl=impl)
-  return out.reshape(b, nh, nw, window, window, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+  return window_unpartition(out.reshape(-1, window, window, c), window, (hp, wp), (hp, wp))
+
+
+def window_partition(x: jnp.ndarray, window: int):
+  """[B, H, W, C] -> [B * nW, window, window, C], zero-padding bottom/right to whole windows."""
+  b, h, w, c = x.shape
+  pad_h, pad_w = (-h) % window, (-w) % window
+  if pad_h or pad_w:
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+  hp, wp = h + pad_h, w + pad_w
+  x = x.reshape(b, hp // window, window, wp // window, window, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(windows: jnp.ndarray, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]):
+  """Inverse of ``window_partition``: back to [B, H, W, C], dropping the padding."""
+  (hp, wp), (h, w) = padded_hw, hw
+  c = windows.shape[-1]
+  b = windows.shape[0] // ((hp // window) * (wp // window))
+  x = windows.reshape(b, hp // window, wp // window, window, window, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, hp, wp, c)[:, :h, :w]
 
 
 def _key_onehots(length: int, num_prefix: int, gh: int, gw: int) -> np.ndarray:

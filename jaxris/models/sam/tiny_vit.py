@@ -39,8 +39,7 @@ from flax import nnx
 
 from jaxris.models.layers import axes, conv, dense, norm
 from jaxris.models.sam.common import GELU, gelu, layer_norm
-from jaxris.models.sam.image_encoder import window_partition, window_unpartition
-from jaxris.ops.attention import attention
+from jaxris.ops.attention import attention, window_partition, window_unpartition
 
 # PatchMerging into these widths uses a stride-1 depthwise conv (hard-coded in the official code).
 STRIDE_1_MERGE_DIMS = (320, 448, 576)
