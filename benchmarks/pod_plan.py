@@ -22,29 +22,39 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (what, recipe, topology, mesh, overrides): the mesh, dtype and remat chosen to fit. Pods by Cloud
+# libtpu with memory-space assignment off: XLA's TPU cost model charges MSA's asynchronous prefetches
+# into on-chip memory as step time, and they are what kept the ViT-H row from following its blocks'
+# gain in session 15 (README, session 16). The rows with it show the estimate without them; a real TPU
+# may well disagree (MSA is XLA's default there), which no one has measured.
+MSA_OFF = {"LIBTPU_INIT_ARGS": "--xla_msa_enable=false"}
+
+# (what, recipe, topology, mesh, overrides, environment): the mesh, dtype and remat chosen to fit. Pods by Cloud
 # TPU's names: v5e-N has N chips; v4-N and v5p-N count TensorCores, two per chip (v5p-128 = 64
 # chips, 4x4x4; v4-512 = 256 chips, 4x8x8).
 # Remat only where the activations would not fit: 16 images per v5e chip (16 GiB) need it; 4 per
 # chip, or 16 per v5p chip (95 GiB), do not, and skipping it saves a quarter of the FLOPs.
 ROWS = [
     ("L-DIT ViT-B 512, batch 1024", "configs/ldit_vitb.py", "v5e:8x8", "(16,4,1)",
-     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=True"]),
+     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=True"], {}),
     ("L-DIT ViT-B 512, batch 1024", "configs/ldit_vitb.py", "v5e:16x16", "(64,4,1)",
-     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=False"]),
+     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=False"], {}),
     ("L-DIT ViT-H 512, batch 1024", "configs/ldit_vith.py", "v5p:4x4x4", "(16,4,1)",
-     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=False"]),
+     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=False"], {}),
     ("L-DIT ViT-H 512, batch 1024", "configs/ldit_vith.py", "v4:4x8x8", "(64,4,1)",
-     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=False"]),
+     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=False"], {}),
     ("EVF-SAM SAM-H + BEiT-3-L, batch 128", "configs/evf_sam_vith.py", "v5e:16x16", "(32,4,2)",
-     ["--config.batch_size=128", "--config.grad_accum=1", "--config.model.dtype=bfloat16"]),
+     ["--config.batch_size=128", "--config.grad_accum=1", "--config.model.dtype=bfloat16"], {}),
     ("EVF-SAM SAM-H + BEiT-3-L, batch 128", "configs/evf_sam_vith.py", "v5p:4x4x4", "(16,4,1)",
-     ["--config.batch_size=128", "--config.grad_accum=1", "--config.model.dtype=bfloat16"]),
+     ["--config.batch_size=128", "--config.grad_accum=1", "--config.model.dtype=bfloat16"], {}),
+    ("L-DIT ViT-H 512, batch 1024, MSA off", "configs/ldit_vith.py", "v5p:4x4x4", "(16,4,1)",
+     ["--config.batch_size=1024", "--config.model.dtype=bfloat16", "--config.model.remat=False"], MSA_OFF),
+    ("EVF-SAM SAM-H + BEiT-3-L, batch 128, MSA off", "configs/evf_sam_vith.py", "v5p:4x4x4", "(16,4,1)",
+     ["--config.batch_size=128", "--config.grad_accum=1", "--config.model.dtype=bfloat16"], MSA_OFF),
 ]
 
 
 def command(row, json_path: str | None = None) -> list[str]:
-  _, recipe, topology, mesh, overrides = row
+  _, recipe, topology, mesh, overrides, _ = row
   cmd = ["python", "-m", "jaxris.aot", "--config", recipe, "--topology", topology, "--mesh", mesh, *overrides]
   return cmd + (["--json", json_path] if json_path else [])
 
@@ -54,7 +64,7 @@ def run_row(row, timeout: float) -> dict:
     out = os.path.join(tmp, "r.json")
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, *command(row, out)[1:]], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)
+                       timeout=timeout, env={**os.environ, **row[5]})
     if r.returncode != 0:
       return {"error": (r.stderr.strip().splitlines() or ["?"])[-1], "returncode": r.returncode}
     report = json.load(open(out))
@@ -77,10 +87,11 @@ def table(rows, results: dict) -> str:
   lines = ["| model | pod | mesh (data, fsdp, tensor) | dtype / remat | attention | per-chip memory | fits | "
            "est. MFU | est. images/s | command |", "|---|---|---|---|---|---|---|---|---|---|"]
   for i, row in enumerate(rows):
-    what, _, topology, mesh, _ = row
+    what, _, topology, mesh, _, env = row
     r = results.get(str(i))
-    env = "JAXRIS_ATTENTION=xla " if r is not None and r.get("attention") == "xla" else ""
-    cmd = "`" + env + shlex.join(command(row)) + "`"
+    if r is not None and r.get("attention") == "xla":
+      env = {"JAXRIS_ATTENTION": "xla", **env}
+    cmd = "`" + "".join(f"{k}={shlex.quote(v)} " for k, v in env.items()) + shlex.join(command(row)) + "`"
     if r is None or "error" in r:
       note = "not run" if r is None else f"failed: {r['error']}"
       lines.append(f"| {what} | {topology} | {mesh} | | | {note} | | | | {cmd} |")
@@ -107,7 +118,8 @@ def main() -> int:
   for i in a.only if a.only is not None else range(len(ROWS)):
     if str(i) in results and "error" not in results[str(i)]:
       continue
-    print(f"[{i}] {shlex.join(command(ROWS[i]))}", file=sys.stderr, flush=True)
+    print(f"[{i}] {' '.join(f'{k}={v}' for k, v in ROWS[i][5].items())} {shlex.join(command(ROWS[i]))}",
+          file=sys.stderr, flush=True)
     try:
       results[str(i)] = run_row(ROWS[i], a.timeout)
     except subprocess.TimeoutExpired:

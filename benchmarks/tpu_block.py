@@ -6,12 +6,16 @@
   python benchmarks/tpu_block.py --part mlp --topology v5e:2x2
   python benchmarks/tpu_block.py --width 768 --heads 12   # ViT-B's
   python benchmarks/tpu_block.py --window 14 --grid 64 --images 2 --forward-only   # EVF-SAM's frozen SAM-H
+  python benchmarks/tpu_block.py --depth 8                # 8 blocks stacked, each feeding the next
 
 A whole pod row of benchmarks/pod_plan.py takes 3-30 minutes to compile here; one block takes
 seconds, and a train step of L-DIT is 32 (ViT-H) or 12 (ViT-B) of them plus the rest. So this is
 the loop for work on the TPU path: change the attention op, see the block's estimate move; then
-check the pod row, which has not always followed (session 15: ViT-H's block 9.87 -> 8.60 ms, its
-v5p-128 row 345 -> 335 ms for 32 blocks, not 305).
+check the pod row. It may not follow: the cost model charges the asynchronous copies of XLA's
+memory-space assignment (MSA), which depend on the whole program (session 15: ViT-H's block 9.87 ->
+8.60 ms, its v5p-128 row only 345 -> 335 ms; with MSA off in both, LIBTPU_INIT_ARGS=--xla_msa_enable=false,
+the step gains the 41 ms its 32 blocks predict). `--depth N` stacks N blocks; the same environment
+variable compiles them without MSA.
 The block is SAM's global block as DIT runs it (prefix text slots + a grid of image tokens, with
 SAM's relative positions), or a windowed one (`--window`), in bf16, on one chip of `--topology`,
 with the images a chip gets in the pod table's rows (16). Figures are XLA's compiler estimates (the TPU
@@ -48,12 +52,15 @@ def part_loss(part: str, graphdef, images: int, grid: int, prefix: int, width: i
   block (`window` > 0) has no slots and its attention core runs over the padded windows."""
 
   def loss(params, x, slots):
-    block = nnx.merge(graphdef, params)
-    if part == "block":
-      if window:
-        return jnp.sum(block(x).astype(jnp.float32))
-      x, slots = block(x, slots)
-      return jnp.sum(x.astype(jnp.float32)) + jnp.sum(slots.astype(jnp.float32))
+    if part == "block":  # params: one tree per stacked block, each block's output the next's input
+      for p in params:
+        block = nnx.merge(graphdef, p)
+        if window:
+          x = block(x)
+        else:
+          x, slots = block(x, slots)
+      return jnp.sum(x.astype(jnp.float32)) + (0.0 if window else jnp.sum(slots.astype(jnp.float32)))
+    block = nnx.merge(graphdef, params[0])
     t = jnp.concatenate([slots, x.reshape(images, grid * grid, width)], axis=1)
     if part == "mlp":
       return jnp.sum((t + block.mlp(block.norm2(t))).astype(jnp.float32))
@@ -95,7 +102,11 @@ def main(argv=None) -> int:
                  help="a windowed block (SAM's 14; DIT runs every block global): no prefix slots")
   p.add_argument("--forward-only", action="store_true",
                  help="the forward alone, as a frozen encoder runs it (EVF-SAM's SAM-H)")
+  p.add_argument("--depth", type=int, default=1,
+                 help="--part block: a stack of this many blocks (the estimate per block grows with depth)")
   a = p.parse_args(argv)
+  if a.depth < 1 or (a.depth > 1 and a.part != "block"):
+    p.error("--depth takes a positive number, and only with --part block")
   if a.window:
     a.prefix = 0
 
@@ -109,6 +120,7 @@ def main(argv=None) -> int:
                                        rngs=nnx.Rngs(0), dtype=jnp.bfloat16))
   graphdef, params = nnx.split(block)
   params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one_chip), params)
+  params = [params] * (a.depth if a.part == "block" else 1)  # abstract: the copies share nothing but shapes
   x = jax.ShapeDtypeStruct((a.images, a.grid, a.grid, a.width), jnp.bfloat16, sharding=one_chip)
   slots = jax.ShapeDtypeStruct((a.images, a.prefix, a.width), jnp.bfloat16, sharding=one_chip)
   loss = part_loss(a.part, graphdef, a.images, a.grid, a.prefix, a.width, a.heads, not a.no_rel_pos, a.window)
@@ -126,18 +138,21 @@ def main(argv=None) -> int:
     flops = model_flops(a.part, a.images, side * side, a.width, a.window ** 2, passes)
   else:
     flops = model_flops(a.part, a.images, a.prefix + a.grid * a.grid, a.width, None, passes)
+  flops *= a.depth
   rows = [
-      ("part", f"{a.part}, {'fwd' if a.forward_only else 'fwd + bwd'}, {a.images} images x "
+      ("part", f"{a.part}{f' x {a.depth} stacked' if a.depth > 1 else ''}, {'fwd' if a.forward_only else 'fwd + bwd'}, {a.images} images x "
                f"({a.prefix} + {a.grid}x{a.grid}) tokens{f', {a.window}x{a.window} windows' if a.window else ''}, width "
                f"{a.width}, {a.heads} heads, bf16, attention path {aot.tpu_attention_path()}"
                + (", no relative positions" if a.no_rel_pos else "")),
       ("chip", f"one of {a.topology}: {peak / 1e12:.0f} TFLOP/s, {bandwidth / 1e12:.2f} TB/s"),
+      ("libtpu flags", aot.libtpu_flags() or "none (libtpu's defaults)"),
       ("compile", f"{time.perf_counter() - t0:.0f} s"),
       ("XLA FLOPs / bytes", f"{cost.get('flops', 0) / 1e9:.1f} GFLOP / {cost.get('bytes accessed', 0) / 1e9:.2f} GB"),
       ("XLA cost model", f"{cost.get('optimal_seconds', -1) * 1e3:.2f} ms"),
       ("Pallas kernels XLA cannot cost", f"{len(kernels)}: {sum(k.flops or 0 for k in kernels) / 1e9:.1f} GFLOP, "
                                          f"+{added * 1e3:.2f} ms"),
-      ("estimate", f"{seconds * 1e3:.2f} ms ({source})" if seconds else "none"),
+      ("estimate", (f"{seconds * 1e3:.2f} ms ({source})" + (f", {seconds * 1e3 / a.depth:.2f} ms per block"
+                                                             if a.depth > 1 else "")) if seconds else "none"),
       ("model FLOPs", f"{flops / 1e9:.1f} GFLOP = {flops / peak * 1e3:.2f} ms at peak"),
       ("MFU", f"{flops / peak / seconds:.1%}" if seconds else "-"),
   ]

@@ -16,6 +16,11 @@ included), which the table says. The Pallas splash-attention kernels of the TPU 
 without a cost estimate, so their FLOPs are added to either (`estimate_step`, jaxris/pallas_costs.py). These
 are compiler estimates, not measurements. Every model family compiles (dit, evf, bridge); the
 analytic FLOPs count the encoders (see `model_flops`).
+libtpu's own flags (the ``LIBTPU_INIT_ARGS`` environment variable, as on a real TPU host) change what
+is compiled, and so the estimate: the report records them. One that matters here:
+``LIBTPU_INIT_ARGS=--xla_msa_enable=false`` turns off memory-space assignment (XLA's prefetches of
+buffers into on-chip memory), whose asynchronous copies the cost model charges as step time; that
+takes ViT-H's v5p-128 row from 46.7% to 52.7% MFU. Whether a real TPU agrees is not measured.
 Exit status: 0 when it compiled (fitting or not), 1 when libtpu is missing or the compile fails,
 2 on bad input.
 """
@@ -239,6 +244,25 @@ def tpu_attention_path() -> str:
   return chosen if chosen in ("xla", "pallas") else "pallas"
 
 
+# `%name = (DEST, SOURCE, context) copy-start(...)`: an asynchronous copy between memory spaces, which
+# memory-space assignment inserts to prefetch a buffer into on-chip memory (or evict it).
+_COPY_START = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = \((\w+\[[\d,]*\])")
+
+
+def async_copies(hlo_text: str) -> dict:
+  """The compiled module's asynchronous copies (memory-space assignment's prefetches and evictions):
+  how many, and the bytes they move (logical sizes), one chip's program. XLA's TPU cost model charges
+  them as step time (README, session 16)."""
+  moved = [pallas_costs.nbytes(m.group(1)) for m in map(_COPY_START.match, hlo_text.splitlines())
+           if m and " copy-start(" in m.string]
+  return {"count": len(moved), "bytes": int(sum(moved))}
+
+
+def libtpu_flags() -> str:
+  """The flags libtpu reads from its environment when it starts (LIBTPU_INIT_ARGS); '' for its defaults."""
+  return " ".join(os.environ.get("LIBTPU_INIT_ARGS", "").split())
+
+
 def tpu_devices(topology: str) -> np.ndarray:
   """The chips of `topology` as JAX devices described by libtpu (no TPU needed), one per chip."""
   from jax.experimental import topologies
@@ -334,7 +358,8 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
               - mem.alias_size_in_bytes)
   xla_flops = float(cost.get("flops", 0.0)) * chips  # the cost is of one chip's (SPMD) program
   analytic = model_flops(cfg, model, micro_batch)
-  kernels = [] if refused else pallas_costs.uncosted_kernels(compiled.as_text())
+  hlo = "" if refused else compiled.as_text()
+  kernels = pallas_costs.uncosted_kernels(hlo)
   step_s, source, kernel_s = estimate_step(cost, kernels, peak, bandwidth)
   kernel_flops = sum(k.flops for k in kernels if k.flops)
   return {
@@ -342,6 +367,7 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
       "grad_accum": cfg.grad_accum, "dtype": cfg.model.dtype,
       "remat": bool(cfg.model.remat) if "remat" in cfg.model else False,  # EVF, bridge: no remat (frozen ViTs)
       "attention": tpu_attention_path(),
+      "libtpu_flags": libtpu_flags(),
       "per_chip_bytes": int(per_chip), "hbm_bytes": int(hbm), "fits": bool(per_chip <= hbm) and refused is None,
       "memory": {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
                  "temporaries": int(mem.temp_size_in_bytes), "aliased": int(mem.alias_size_in_bytes)},
@@ -354,6 +380,7 @@ def compile_step(cfg, topology: str, mesh_shape=None) -> dict:
       # the names of any whose FLOPs jaxris does not know either (their time is then bytes only).
       "uncosted_kernels": {"count": len(kernels), "flops": kernel_flops, "seconds_added": kernel_s,
                            "unknown": sorted({k.name for k in kernels if k.flops is None})},
+      "async_copies": async_copies(hlo),  # memory-space assignment's, one chip's program
       "compiler_refused": refused,  # set when XLA would not compile it for lack of HBM (fits: false)
       "xla_cost": {k: float(v) for k, v in cost.items() if "{" not in k},  # one chip's program
   }
@@ -368,6 +395,8 @@ def format_table(r: dict) -> str:
       ("global batch", f"{r['global_batch']}" + (f" x {r['grad_accum']} accumulated" if r["grad_accum"] > 1 else "")),
       ("dtype / remat", f"{r['dtype']} / {r['remat']}"),
       ("attention (long sequences)", r["attention"]),
+      ("libtpu flags", r.get("libtpu_flags") or "none (libtpu's defaults)"),
+      ("MSA async copies", f"{r['async_copies']['count']}: {r['async_copies']['bytes'] / 1e9:.2f} GB per chip"),
       ("per-chip memory", f"{gib(r['per_chip_bytes'])} of {gib(r['hbm_bytes'])} HBM: "
                           + ("fits" if r["fits"] else "DOES NOT FIT")
                           + (" (the TPU compiler refused it; temporaries from its message)"

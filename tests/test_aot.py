@@ -37,18 +37,24 @@ TINY_BRIDGE = ["--config", "configs/bridge_vitb.py:refshapes,no_target=1", "--co
                "--config.data.image_size=64", "--config.batch_size=8"]
 
 
-def _aot(*args, timeout=900):
+MSA_OFF = "--xla_msa_enable=false"  # libtpu's flag that turns memory-space assignment off
+
+
+def _aot(*args, timeout=900, libtpu_flags=""):
   if importlib.util.find_spec("libtpu") is None:
     pytest.fail('libtpu is not installed: the test extra brings it (pip install -e ".[test]", or ".[tpu-aot]")')
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the command sees one real CPU
+  # The command sees one real CPU, and libtpu's defaults unless given flags.
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "LIBTPU_INIT_ARGS")}
+  if libtpu_flags:
+    env["LIBTPU_INIT_ARGS"] = libtpu_flags
   return subprocess.run([sys.executable, "-m", "jaxris.aot", *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=timeout)
 
 
-def _compiled_for_a_v5e_2x2(recipe, tmp_path):
+def _compiled_for_a_v5e_2x2(recipe, tmp_path, libtpu_flags=""):
   """The recipe (global batch 8) compiled for v5e:2x2 on mesh (2,1,2) by the command: its report, checked."""
   out = tmp_path / "r.json"
-  r = _aot(*recipe, "--topology", "v5e:2x2", "--mesh", "(2,1,2)", "--json", str(out))
+  r = _aot(*recipe, "--topology", "v5e:2x2", "--mesh", "(2,1,2)", "--json", str(out), libtpu_flags=libtpu_flags)
   assert r.returncode == 0, r.stderr[-3000:]
   report = json.loads(out.read_text())
   assert report["topology"] == "v5e:2x2" and report["chips"] == 4 and report["mesh"] == [2, 1, 2]
@@ -62,14 +68,24 @@ def _compiled_for_a_v5e_2x2(recipe, tmp_path):
   kernels = report["uncosted_kernels"]
   assert kernels["count"] > 0 and kernels["flops"] > 0 and kernels["unknown"] == []
   assert kernels["seconds_added"] >= 0
+  # libtpu's flags change the compile, so the report says which were in force; memory-space
+  # assignment (libtpu's default) prefetches some buffers with asynchronous copies, and off it makes none.
+  assert report["libtpu_flags"] == libtpu_flags
+  if libtpu_flags == MSA_OFF:
+    assert report["async_copies"] == {"count": 0, "bytes": 0}
+  else:
+    assert report["async_copies"]["count"] > 0 and report["async_copies"]["bytes"] > 0
   for line in ("v5e:2x2 (4 chips)", "(2, 1, 2)", "per-chip memory", "of 16.00 GiB HBM: fits", "est. MFU",
+               "libtpu flags  ", libtpu_flags or "none (libtpu's defaults)", "MSA async copies  ",
                f"Pallas kernels XLA cannot cost  {kernels['count']}: ", "not measured runs"):
     assert line in r.stdout, (line, r.stdout)
   return report
 
 
 def test_tiny_recipe_compiles_for_a_v5e_2x2(tmp_path):
-  report = _compiled_for_a_v5e_2x2(TINY, tmp_path)
+  # With memory-space assignment off (the pod table's MSA-off rows): the flag reaches libtpu. The
+  # bridge recipe below compiles with libtpu's defaults.
+  report = _compiled_for_a_v5e_2x2(TINY, tmp_path, libtpu_flags=MSA_OFF)
   # The analytic count (encoders only) and XLA's count of the whole step agree to within 2x.
   assert 0.5 < report["xla_flops_per_step"] / report["model_flops_per_step"] < 2
 
