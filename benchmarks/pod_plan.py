@@ -5,7 +5,8 @@
   python benchmarks/pod_plan.py --results plan.json  # keep/merge results (rows already there are skipped)
 
 Each row is one `python -m jaxris.aot` command (printed with the table, so any row can be rerun
-alone). The figures are XLA's compiler estimates for the TPU (memory_analysis, cost_analysis and,
+alone), some with an environment variable before it: the last two rows set
+LIBTPU_INIT_ARGS=--xla_msa_enable=false (memory-space assignment off; README, session 16). The figures are XLA's compiler estimates for the TPU (memory_analysis, cost_analysis and,
 where the cost model gives none, the roofline of XLA's FLOPs and bytes), not measured runs.
 """
 
