@@ -6,8 +6,9 @@
 
 Each row is one `python -m jaxris.aot` command (printed with the table, so any row can be rerun
 alone), some with an environment variable before it: the last two rows set
-LIBTPU_INIT_ARGS=--xla_msa_enable=false (memory-space assignment off; README, session 16). The figures are XLA's compiler estimates for the TPU (memory_analysis, cost_analysis and,
-where the cost model gives none, the roofline of XLA's FLOPs and bytes), not measured runs.
+LIBTPU_INIT_ARGS=--xla_msa_enable=false (memory-space assignment off; README, session 16). The
+figures are XLA's compiler estimates for the TPU (memory_analysis, cost_analysis and, where the cost
+model gives none, the roofline of XLA's FLOPs and bytes), not measured runs.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def command(row, json_path: str | None = None) -> list[str]:
   return cmd + (["--json", json_path] if json_path else [])
 
 
+def shell_command(row, env: dict) -> str:
+  """The row's command as a shell line, its environment variables first."""
+  return "".join(f"{k}={shlex.quote(v)} " for k, v in env.items()) + shlex.join(command(row))
+
+
 def run_row(row, timeout: float) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "r.json")
@@ -92,7 +98,7 @@ def table(rows, results: dict) -> str:
     r = results.get(str(i))
     if r is not None and r.get("attention") == "xla":
       env = {"JAXRIS_ATTENTION": "xla", **env}
-    cmd = "`" + "".join(f"{k}={shlex.quote(v)} " for k, v in env.items()) + shlex.join(command(row)) + "`"
+    cmd = "`" + shell_command(row, env) + "`"
     if r is None or "error" in r:
       note = "not run" if r is None else f"failed: {r['error']}"
       lines.append(f"| {what} | {topology} | {mesh} | | | {note} | | | | {cmd} |")
@@ -119,8 +125,7 @@ def main() -> int:
   for i in a.only if a.only is not None else range(len(ROWS)):
     if str(i) in results and "error" not in results[str(i)]:
       continue
-    print(f"[{i}] {' '.join(f'{k}={v}' for k, v in ROWS[i][5].items())} {shlex.join(command(ROWS[i]))}",
-          file=sys.stderr, flush=True)
+    print(f"[{i}] {shell_command(ROWS[i], ROWS[i][5])}", file=sys.stderr, flush=True)
     try:
       results[str(i)] = run_row(ROWS[i], a.timeout)
     except subprocess.TimeoutExpired:

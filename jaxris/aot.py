@@ -253,8 +253,8 @@ def async_copies(hlo_text: str) -> dict:
   """The compiled module's asynchronous copies (memory-space assignment's prefetches and evictions):
   how many, and the bytes they move (logical sizes), one chip's program. XLA's TPU cost model charges
   them as step time (README, session 16)."""
-  moved = [pallas_costs.nbytes(m.group(1)) for m in map(_COPY_START.match, hlo_text.splitlines())
-           if m and " copy-start(" in m.string]
+  moved = [pallas_costs.nbytes(m.group(1)) for line in hlo_text.splitlines()
+           if " copy-start(" in line and (m := _COPY_START.match(line))]
   return {"count": len(moved), "bytes": int(sum(moved))}
 
 
