@@ -51,6 +51,7 @@ import numpy as np
 from flax import nnx
 
 from jaxris.models.layers import axes, conv, dense, embedding, layer_norm, shard_batch
+from jaxris.ops.activations import gelu
 from jaxris.ops.attention import attention
 
 # torchscale's PositionalEmbedding numbers positions from 2, as fairseq does (0 and 1 were
@@ -191,8 +192,7 @@ class _FeedForward(nnx.Module):
 
   def __call__(self, x):
     h = self.fc1(x)
-    # F.gelu is the erf form; jax.nn.gelu defaults to the tanh approximation.
-    h = jax.nn.gelu(h.astype(jnp.float32), approximate=False).astype(h.dtype)
+    h = gelu(h.astype(jnp.float32)).astype(h.dtype)  # F.gelu: exact, not the tanh approximation
     return self.fc2(self.ffn_layernorm(h))
 
 

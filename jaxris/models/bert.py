@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxris.models.layers import dense, embedding, layer_norm, shard_batch
+from jaxris.ops.activations import gelu
 from jaxris.ops.attention import attention
 
 
@@ -41,14 +42,14 @@ def _tanh_gelu(x):
 # transformers' ACT2FN names -> functions. "gelu" is the exact erf form (jax.nn.gelu's default
 # is the tanh approximation, which would be a silent 1e-3 error).
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_python": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu": gelu,
+    "gelu_python": gelu,
     "gelu_new": _tanh_gelu,
     "gelu_pytorch_tanh": _tanh_gelu,
     "gelu_python_tanh": _tanh_gelu,
     "gelu_accurate": _tanh_gelu,
     "gelu_fast": lambda x: 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
-    "gelu_10": lambda x: jnp.clip(jax.nn.gelu(x, approximate=False), -10, 10),
+    "gelu_10": lambda x: jnp.clip(gelu(x), -10, 10),
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
     "relu": jax.nn.relu,
     "relu6": jax.nn.relu6,

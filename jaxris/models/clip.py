@@ -49,12 +49,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxris.models.layers import axes, conv, dense, embedding, layer_norm, shard_batch
+from jaxris.ops.activations import gelu
 from jaxris.ops.resize import resize_2d
 
 # transformers' ACT2FN names CLIP configs use -> functions ("gelu" is the exact erf form).
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu": gelu,
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
 }

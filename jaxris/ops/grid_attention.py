@@ -274,13 +274,17 @@ def relative_terms(q_seq, r_h, r_w, lay: Layout):
 def windows_to_sequences(qkv, num_heads: int, window: int, lay: Layout):
   """SAM's windowed blocks: qkv [B, Hp, Wp, 3C] over a grid of whole windows (q, k, v, each heads x d)
   -> q, k, v [B * nWindows, N, L, d] in `lay`'s order (a window's rows padded to gwp columns), the
-  windows cut out, padded and made heads-major in one transpose."""
+  windows cut out, padded and made heads-major, one transpose each. One transpose of the three
+  stacked costs more: XLA then copies each of q, k and v once more into the kernel's layout (on a
+  v5p, a SAM-H windowed block's forward at 1024 px, 2 images, XLA's estimate: 1.48 ms, against
+  1.59 ms stacked; `benchmarks/tpu_block.py --window 14 --grid 64 --images 2 --forward-only`)."""
   b, hp, wp, c3 = qkv.shape
   nh, nw, d = hp // window, wp // window, c3 // 3 // num_heads
   x = qkv.reshape(b, nh, window, nw, window, 3, num_heads, d)
   x = jnp.pad(x, ((0, 0),) * 4 + ((0, lay.gwp - window),) + ((0, 0),) * 3)
-  x = x.transpose(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, b * nh * nw, num_heads, lay.length, d)
-  return x[0], x[1], x[2]
+  heads_major = lambda i: x[:, :, :, :, :, i].transpose(0, 1, 3, 5, 2, 4, 6).reshape(
+      b * nh * nw, num_heads, lay.length, d)
+  return heads_major(0), heads_major(1), heads_major(2)
 
 
 def sequences_to_windows(y, grid: tuple[int, int, int], window: int, lay: Layout):

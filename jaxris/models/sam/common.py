@@ -7,11 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxris.models.layers import axes, dense, layer_norm  # noqa: F401  (SAM's modules take it from here)
-
-
-def gelu(x):
-  # torch.nn.GELU() is the exact erf form; jax.nn.gelu defaults to the tanh approximation.
-  return jax.nn.gelu(x, approximate=False)
+from jaxris.ops.activations import gelu  # noqa: F401  (torch.nn.GELU(): exact, not the tanh approximation)
 
 
 class GELU(nnx.Module):

@@ -22,10 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxris.models.ris.bridge.common import instance_norm, torch_linear
-
-
-def _gelu(x):
-  return jax.nn.gelu(x, approximate=False)
+from jaxris.ops.activations import gelu as _gelu
 
 
 class SpatialImageLanguageAttention(nnx.Module):
