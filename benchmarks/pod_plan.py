@@ -105,7 +105,7 @@ def table(rows, results: dict) -> str:
       continue
     pod = f"{topology} ({r['chips']} chips)"
     source = "cost model" if r["step_time_source"].startswith("xla optimal_seconds") else "roofline"
-    mfu = "n/a" if r["estimated_mfu"] is None else f"{100 * r['estimated_mfu']:.0f}% ({source})"
+    mfu = "n/a" if r["estimated_mfu"] is None else f"{100 * r['estimated_mfu']:.1f}% ({source})"  # one decimal: 49.7% is not 50%
     ips = "n/a" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"
     lines.append(f"| {what} | {pod} | {tuple(r['mesh'])} | {r['dtype']} / {r['remat']} | {r.get('attention', 'xla')} | "
                  f"{gib(r['per_chip_bytes'])} of {gib(r['hbm_bytes'])} | {'yes' if r['fits'] else 'NO'} | "
