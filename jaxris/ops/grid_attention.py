@@ -276,8 +276,9 @@ def windows_to_sequences(qkv, num_heads: int, window: int, lay: Layout):
   -> q, k, v [B * nWindows, N, L, d] in `lay`'s order (a window's rows padded to gwp columns), the
   windows cut out, padded and made heads-major, one transpose each. One transpose of the three
   stacked costs more: XLA then copies each of q, k and v once more into the kernel's layout (on a
-  v5p, a SAM-H windowed block's forward at 1024 px, 2 images, XLA's estimate: 1.48 ms, against
-  1.59 ms stacked; `benchmarks/tpu_block.py --window 14 --grid 64 --images 2 --forward-only`)."""
+  v5p, a SAM-H windowed block's forward at 1024 px, 2 images, XLA's estimate with MSA off: 1.48 ms,
+  against 1.59 ms stacked; `LIBTPU_INIT_ARGS=--xla_msa_enable=false python benchmarks/tpu_block.py
+  --window 14 --grid 64 --images 2 --forward-only`)."""
   b, hp, wp, c3 = qkv.shape
   nh, nw, d = hp // window, wp // window, c3 // 3 // num_heads
   x = qkv.reshape(b, nh, window, nw, window, 3, num_heads, d)
